@@ -1,0 +1,253 @@
+/**
+ * The configuration registry: every environment variable coursemesh reads, with its type, default
+ * and the services that read it. Start-up validates it; the Kubernetes tests check manifests
+ * against it, so a variable that is not declared here is one no service reads.
+ */
+
+export const SERVICE_NAMES = ["scraper", "allocator", "notifier", "ingest"] as const;
+export type ServiceName = (typeof SERVICE_NAMES)[number];
+
+/** Local ports of each service (DESIGN.md §Configuration). */
+export const SERVICE_PORTS: Record<ServiceName, { grpc: number; http: number }> = {
+  scraper: { grpc: 50051, http: 8081 },
+  allocator: { grpc: 50052, http: 8082 },
+  notifier: { grpc: 50053, http: 8083 },
+  ingest: { grpc: 50054, http: 8084 },
+};
+
+type Readers = readonly ServiceName[] | "all";
+
+interface VarSpec<T> {
+  /** What it is for, in a sentence an operator can act on. */
+  description: string;
+  readers: Readers;
+  /** Default for a reader; `undefined` means the variable is optional and has no value. */
+  default: (service: ServiceName) => string | undefined;
+  parse: (raw: string) => T;
+  /** Secrets come from a Secret in Kubernetes, never a ConfigMap. */
+  secret?: boolean;
+  /** Read by a library (the OpenTelemetry SDK) rather than by our own code. */
+  readByLibrary?: boolean;
+}
+
+class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+function fail(message: string): never {
+  throw new ConfigError(message);
+}
+
+const parsers = {
+  string: (raw: string) => raw,
+  nonEmpty: (raw: string) => (raw.trim() === "" ? fail("must not be empty") : raw),
+  int:
+    (min: number, max: number) =>
+    (raw: string): number => {
+      if (!/^-?\d+$/.test(raw.trim())) fail(`must be a whole number, got "${raw}"`);
+      const value = Number(raw);
+      if (value < min || value > max) fail(`must be between ${min} and ${max}, got ${value}`);
+      return value;
+    },
+  bool: (raw: string): boolean => {
+    const value = raw.trim().toLowerCase();
+    if (["true", "1", "yes"].includes(value)) return true;
+    if (["false", "0", "no", ""].includes(value)) return false;
+    return fail(`must be true or false, got "${raw}"`);
+  },
+  url:
+    (...protocols: string[]) =>
+    (raw: string): string => {
+      let url: URL;
+      try {
+        url = new URL(raw);
+      } catch {
+        return fail(`must be a URL, got "${raw}"`);
+      }
+      if (!protocols.includes(url.protocol)) {
+        fail(`must be a ${protocols.map((p) => p.replace(":", "://")).join(" or ")} URL, got "${url.protocol}//…"`);
+      }
+      return raw;
+    },
+  hostPort: (raw: string): string => {
+    if (!/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(raw.trim())) fail(`must be host:port, got "${raw}"`);
+    return raw.trim();
+  },
+  oneOf:
+    <const T extends string>(...values: T[]) =>
+    (raw: string): T =>
+      (values as string[]).includes(raw) ? (raw as T) : fail(`must be one of ${values.join(", ")}, got "${raw}"`),
+};
+
+const fixed = (value: string | undefined) => () => value;
+const servicePort = (kind: "grpc" | "http") => (service: ServiceName) => String(SERVICE_PORTS[service][kind]);
+
+function defineVar<T>(spec: VarSpec<T>): VarSpec<T> {
+  return spec;
+}
+
+function otelVar(description: string) {
+  return defineVar({ description, readers: "all", default: fixed(undefined), parse: parsers.string, readByLibrary: true });
+}
+
+/** Declares `<SERVICE>_ADDR` for the services that call `target`. */
+export function serviceAddress(target: ServiceName, readers: readonly ServiceName[]) {
+  const { grpc } = SERVICE_PORTS[target];
+  return defineVar({
+    description: `gRPC address (host:port) of the ${target} service.`,
+    readers,
+    default: fixed(`127.0.0.1:${grpc}`),
+    parse: parsers.hostPort,
+  });
+}
+
+/** Every variable coursemesh reads. Add new ones here, with the services that read them. */
+export const CONFIG_REGISTRY = {
+  DATABASE_URL: defineVar({
+    description: "PostgreSQL connection URL; each service uses its own schema in this database.",
+    readers: "all",
+    default: fixed("postgres://postgres@127.0.0.1:5432/coursemesh"),
+    parse: parsers.url("postgres:", "postgresql:"),
+    secret: true,
+  }),
+  DATABASE_POOL_MAX: defineVar({
+    description: "Connections in the process's Postgres pool.",
+    readers: "all",
+    default: fixed("10"),
+    parse: parsers.int(1, 200),
+  }),
+  NATS_URL: defineVar({
+    description: "NATS server URL(s), comma-separated; JetStream must be enabled.",
+    readers: "all",
+    default: fixed("nats://127.0.0.1:4222"),
+    parse: (raw: string) => raw.split(",").map((u) => parsers.url("nats:", "tls:", "ws:", "wss:")(u.trim())),
+  }),
+  NATS_PREFIX: defineVar({
+    description:
+      "Prefix for every JetStream stream, consumer and subject, so several deployments (or test runs) share one NATS; empty in production.",
+    readers: "all",
+    default: fixed(""),
+    parse: (raw: string) =>
+      raw === "" || /^[a-z][a-z0-9_]{0,30}$/.test(raw) ? raw : fail(`must be lowercase letters, digits and _, got "${raw}"`),
+  }),
+  BIND_HOST: defineVar({
+    description: "Interface the gRPC and HTTP servers listen on.",
+    readers: "all",
+    default: fixed("0.0.0.0"),
+    parse: parsers.nonEmpty,
+  }),
+  GRPC_PORT: defineVar({
+    description: "gRPC port (0 picks a free one).",
+    readers: "all",
+    default: servicePort("grpc"),
+    parse: parsers.int(0, 65535),
+  }),
+  HTTP_PORT: defineVar({
+    description: "HTTP port for /healthz, /readyz and /metrics (0 picks a free one).",
+    readers: "all",
+    default: servicePort("http"),
+    parse: parsers.int(0, 65535),
+  }),
+  LOG_LEVEL: defineVar({
+    description: "Minimum log level.",
+    readers: "all",
+    default: fixed("info"),
+    parse: parsers.oneOf("trace", "debug", "info", "warn", "error", "fatal", "silent"),
+  }),
+  SHUTDOWN_TIMEOUT_MS: defineVar({
+    description: "How long SIGTERM waits for in-flight work before the process exits anyway.",
+    readers: "all",
+    default: fixed("20000"),
+    parse: parsers.int(0, 600_000),
+  }),
+  AUTH_JWT_SECRET: defineVar({
+    description: "HS256 secret for bearer tokens (at least 32 characters).",
+    readers: "all",
+    default: fixed(undefined),
+    parse: (raw: string) => (raw.length < 32 ? fail("must be at least 32 characters") : raw),
+    secret: true,
+  }),
+  AUTH_JWKS_URL: defineVar({
+    description: "JWKS URL for RS256 bearer tokens from an identity provider.",
+    readers: "all",
+    default: fixed(undefined),
+    parse: parsers.url("https:", "http:"),
+  }),
+  AUTH_ISSUER: defineVar({
+    description: "Expected `iss` of bearer tokens, when set.",
+    readers: "all",
+    default: fixed(undefined),
+    parse: parsers.nonEmpty,
+  }),
+  AUTH_AUDIENCE: defineVar({
+    description: "Expected `aud` of bearer tokens, when set.",
+    readers: "all",
+    default: fixed(undefined),
+    parse: parsers.nonEmpty,
+  }),
+  AUTH_DISABLED: defineVar({
+    description: "Local development only: every call acts as an operator. Never set in a deployment.",
+    readers: "all",
+    default: fixed("false"),
+    parse: parsers.bool,
+  }),
+  OTEL_SERVICE_NAME: otelVar("Service name on traces (defaults to the coursemesh service's name)."),
+  OTEL_EXPORTER_OTLP_ENDPOINT: otelVar("OTLP collector base URL; tracing is off when no endpoint is set."),
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: otelVar("OTLP traces URL, overriding the base endpoint."),
+  OTEL_EXPORTER_OTLP_PROTOCOL: otelVar("OTLP protocol: http/protobuf (default), http/json or grpc."),
+  OTEL_EXPORTER_OTLP_HEADERS: otelVar("Headers sent to the collector (key=value,…)."),
+  OTEL_TRACES_SAMPLER: otelVar("Sampler, e.g. parentbased_traceidratio."),
+  OTEL_TRACES_SAMPLER_ARG: otelVar("Sampler argument, e.g. the ratio 0.1."),
+  OTEL_RESOURCE_ATTRIBUTES: otelVar("Extra resource attributes (key=value,…)."),
+  OTEL_SDK_DISABLED: otelVar("true turns tracing off."),
+} as const satisfies Record<string, VarSpec<unknown>>;
+
+export type ConfigName = keyof typeof CONFIG_REGISTRY;
+type ValueOf<K extends ConfigName> = ReturnType<(typeof CONFIG_REGISTRY)[K]["parse"]>;
+
+/** The validated configuration of one service. Optional variables without a value are `undefined`. */
+export type Config = { readonly [K in ConfigName]: ValueOf<K> | undefined } & {
+  readonly service: ServiceName;
+};
+
+/** Whether `service` reads `name`. */
+export function readsVariable(service: ServiceName, name: ConfigName): boolean {
+  const readers = CONFIG_REGISTRY[name].readers;
+  return readers === "all" || readers.includes(service);
+}
+
+/**
+ * Reads and validates the configuration of `service` from `env`. Throws one error listing every
+ * problem, each naming its variable, so a bad deployment fails at start with an actionable message.
+ */
+export function loadConfig(service: ServiceName, env: Record<string, string | undefined> = process.env): Config {
+  const values: Record<string, unknown> = { service };
+  const problems: string[] = [];
+  for (const [name, spec] of Object.entries(CONFIG_REGISTRY) as [ConfigName, VarSpec<unknown>][]) {
+    if (!readsVariable(service, name)) continue;
+    const raw = env[name] ?? spec.default(service);
+    if (raw === undefined) continue;
+    try {
+      values[name] = spec.parse(raw);
+    } catch (error) {
+      problems.push(`${name} ${error instanceof ConfigError ? error.message : String(error)}`);
+    }
+  }
+  const config = values as Config;
+  if (!config.AUTH_DISABLED && !config.AUTH_JWT_SECRET && !config.AUTH_JWKS_URL) {
+    problems.push("AUTH_JWT_SECRET or AUTH_JWKS_URL must be set (or AUTH_DISABLED=true for local development)");
+  }
+  if (problems.length > 0) {
+    throw new ConfigError(`invalid configuration for ${service}:\n  - ${problems.join("\n  - ")}`);
+  }
+  return config;
+}
+
+/** Required value accessor: narrows an optional variable that the caller knows is set. */
+export function required<K extends ConfigName>(config: Config, name: K): ValueOf<K> {
+  const value = config[name];
+  if (value === undefined) throw new ConfigError(`${name} must be set`);
+  return value as ValueOf<K>;
+}
+
+export { ConfigError };

@@ -1,0 +1,286 @@
+import { once } from "node:events";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import { loadFileDescriptorSetFromBuffer, loadSync, type PackageDefinition } from "@grpc/proto-loader";
+import { ReflectionService } from "@grpc/reflection";
+import { HealthImplementation, protoPath as healthProtoPath, type ServingStatus } from "grpc-health-check";
+import { authorize, type AccessRule, type Authenticator, type Principal } from "../auth.ts";
+import type { Logger } from "../logger.ts";
+import { grpcServerHandled, grpcServerHandlingSeconds } from "../metrics.ts";
+import { extractTraceContext, recordError, SpanKind, SpanStatusCode, withSpan, type Span } from "../telemetry.ts";
+import { toGrpcError, toServiceError } from "./errors.ts";
+
+/** What a handler knows about its call besides the request. */
+export interface CallContext {
+  /** Full method path, e.g. `/coursemesh.allocator.v1.EnrollmentService/Enroll`. */
+  method: string;
+  principal: Principal | null;
+  metadata: grpc.Metadata;
+  /** Aborted when the client cancels, the deadline passes or the server shuts down. */
+  signal: AbortSignal;
+  deadline: Date | undefined;
+  span: Span;
+}
+
+type UnaryHandler<Q, R> = (request: Q, ctx: CallContext) => Promise<R>;
+type ServerStreamHandler<Q, R> = (request: Q, ctx: CallContext) => AsyncIterable<R>;
+type ClientStreamHandler<Q, R> = (requests: AsyncIterable<Q>, ctx: CallContext) => Promise<R>;
+type BidiHandler<Q, R> = (requests: AsyncIterable<Q>, ctx: CallContext) => AsyncIterable<R>;
+
+type HandlerFor<H> = H extends (call: infer C, ...rest: never[]) => void
+  ? C extends grpc.ServerDuplexStream<infer Q, infer R>
+    ? BidiHandler<Q, R>
+    : C extends grpc.ServerReadableStream<infer Q, infer R>
+      ? ClientStreamHandler<Q, R>
+      : C extends grpc.ServerWritableStream<infer Q, infer R>
+        ? ServerStreamHandler<Q, R>
+        : C extends grpc.ServerUnaryCall<infer Q, infer R>
+          ? UnaryHandler<Q, R>
+          : never
+  : never;
+
+/** Async handlers for a ts-proto `…Server` interface: unary → Promise, streams → async iterables. */
+export type Handlers<S> = { [K in keyof S as string extends K ? never : K]: HandlerFor<S[K]> };
+/** The access rule of every RPC of a service; a missing entry fails at start-up. */
+export type Policy<S> = { [K in keyof Handlers<S>]: AccessRule };
+
+export interface ServiceRegistration {
+  definition: grpc.ServiceDefinition;
+  handlers: Record<string, Function>;
+  policy: Record<string, AccessRule>;
+}
+
+/** Pairs a generated service definition with its handlers and per-RPC access policy. */
+export function defineService<S>(definition: object, handlers: Handlers<S>, policy: Policy<S>): ServiceRegistration {
+  return {
+    definition: definition as grpc.ServiceDefinition,
+    handlers: handlers as unknown as Record<string, Function>,
+    policy: policy as Record<string, AccessRule>,
+  };
+}
+
+type CallKind = "unary" | "server_stream" | "client_stream" | "bidi_stream";
+function kindOf(method: grpc.MethodDefinition<unknown, unknown>): CallKind {
+  if (method.requestStream) return method.responseStream ? "bidi_stream" : "client_stream";
+  return method.responseStream ? "server_stream" : "unary";
+}
+
+function metadataCarrier(metadata: grpc.Metadata): Record<string, string> {
+  const carrier: Record<string, string> = {};
+  for (const key of ["traceparent", "tracestate", "baggage"]) {
+    const value = metadata.get(key)[0];
+    if (typeof value === "string") carrier[key] = value;
+  }
+  return carrier;
+}
+
+function authorizationOf(metadata: grpc.Metadata): string | undefined {
+  const value = metadata.get("authorization")[0];
+  return typeof value === "string" ? value : undefined;
+}
+
+async function writeAll<R>(call: grpc.ServerWritableStream<unknown, R>, responses: AsyncIterable<R>, signal: AbortSignal) {
+  for await (const response of responses) {
+    if (signal.aborted) break;
+    if (!call.write(response)) await Promise.race([once(call, "drain"), once(signal, "abort")]);
+  }
+}
+
+export interface GrpcServerOptions {
+  /** Service name for spans and logs, e.g. `allocator`. */
+  service: string;
+  host: string;
+  port: number;
+  services: ServiceRegistration[];
+  authenticator: Authenticator;
+  logger: Logger;
+  /** Descriptors of services outside the coursemesh image (test fixtures). */
+  reflectionDescriptors?: PackageDefinition;
+}
+
+export interface RunningGrpcServer {
+  port: number;
+  server: grpc.Server;
+  /** Sets the health of every registered service and of the server as a whole (""). */
+  setServing(status: ServingStatus): void;
+  /** Stops taking calls, waits for in-flight calls up to `graceMs`, then cancels the rest. */
+  shutdown(graceMs: number): Promise<void>;
+}
+
+export const SERVER_OPTIONS: grpc.ServerOptions = {
+  "grpc.max_receive_message_length": 8 * 1024 * 1024,
+  "grpc.max_send_message_length": 16 * 1024 * 1024,
+  "grpc.keepalive_time_ms": 60_000,
+  "grpc.keepalive_timeout_ms": 20_000,
+  "grpc.keepalive_permit_without_calls": 1,
+  "grpc.http2.min_ping_interval_without_data_ms": 10_000,
+  // Reconnects spread clients over new replicas after a scale-up.
+  "grpc.max_connection_age_ms": 5 * 60_000,
+  "grpc.max_connection_age_grace_ms": 30_000,
+};
+
+let reflectionDefinition: PackageDefinition | undefined;
+function reflectionPackage(): PackageDefinition {
+  if (!reflectionDefinition) {
+    const bytes = readFileSync(fileURLToPath(new URL("../../../../proto/gen/coursemesh.binpb", import.meta.url)));
+    reflectionDefinition = { ...loadFileDescriptorSetFromBuffer(bytes), ...loadSync(healthProtoPath) };
+  }
+  return reflectionDefinition;
+}
+
+/** Starts a gRPC server with tracing, auth, error mapping and metrics around every handler, plus Health and reflection. */
+export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
+  const server = new grpc.Server(SERVER_OPTIONS);
+  const inFlight = new Set<AbortController>();
+  const serviceNames: string[] = [];
+
+  for (const registration of options.services) {
+    const implementation: grpc.UntypedServiceImplementation = {};
+    for (const [key, method] of Object.entries(registration.definition)) {
+      const handler = registration.handlers[key];
+      const rule = registration.policy[key];
+      if (!handler) throw new Error(`no handler for ${method.path}`);
+      if (!rule) throw new Error(`no access rule for ${method.path}`);
+      implementation[key] = wrapHandler(options, method, handler, rule, inFlight);
+    }
+    server.addService(registration.definition, implementation);
+    const first = Object.values(registration.definition)[0];
+    if (first) serviceNames.push(first.path.split("/")[1]!);
+  }
+
+  const health = new HealthImplementation({ "": "NOT_SERVING", ...Object.fromEntries(serviceNames.map((s) => [s, "NOT_SERVING" as const])) });
+  health.addToServer(server);
+  // Reflection describes what this server serves (and Health), so `grpcurl list` shows exactly that.
+  new ReflectionService(
+    { ...reflectionPackage(), ...options.reflectionDescriptors },
+    { services: [...serviceNames, "grpc.health.v1.Health"] },
+  ).addToServer(server);
+
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`${options.host.includes(":") ? `[${options.host}]` : options.host}:${options.port}`, grpc.ServerCredentials.createInsecure(), (error, bound) =>
+      error ? reject(error) : resolve(bound),
+    ),
+  );
+
+  return {
+    port,
+    server,
+    setServing(status) {
+      for (const name of ["", ...serviceNames]) health.setStatus(name, status);
+    },
+    async shutdown(graceMs) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          for (const controller of inFlight) controller.abort(new Error("server shutting down"));
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    },
+  };
+}
+
+function wrapHandler(
+  options: GrpcServerOptions,
+  method: grpc.MethodDefinition<unknown, unknown>,
+  handler: Function,
+  rule: AccessRule,
+  inFlight: Set<AbortController>,
+): grpc.UntypedHandleCall {
+  const [, serviceName = "", methodName = ""] = method.path.split("/");
+  const kind = kindOf(method);
+  const spanName = `${options.service}.${methodName}`;
+  const labels = { grpc_service: serviceName, grpc_method: methodName, grpc_type: kind };
+
+  // Runs the handler with a server span, auth and timing; returns the result or throws a ServiceError.
+  async function run(call: grpc.ServerSurfaceCall, invoke: (ctx: CallContext) => Promise<unknown>): Promise<unknown> {
+    const stopTimer = grpcServerHandlingSeconds.startTimer(labels);
+    const controller = new AbortController();
+    inFlight.add(controller);
+    const onCancel = () => controller.abort(new Error("cancelled by the client"));
+    call.on("cancelled", onCancel);
+    let code = grpc.status.OK;
+    try {
+      return await withSpan(
+        spanName,
+        {
+          kind: SpanKind.SERVER,
+          parent: extractTraceContext(metadataCarrier(call.metadata)),
+          attributes: { "rpc.system": "grpc", "rpc.service": serviceName, "rpc.method": methodName },
+        },
+        async (span) => {
+          try {
+            const principal = await options.authenticator.authenticate(authorizationOf(call.metadata));
+            authorize(rule, principal, methodName);
+            const deadline = call.getDeadline();
+            const ctx: CallContext = {
+              method: method.path,
+              principal,
+              metadata: call.metadata,
+              signal: controller.signal,
+              deadline: deadline instanceof Date ? deadline : Number.isFinite(deadline) ? new Date(deadline) : undefined,
+              span,
+            };
+            if (principal) span.setAttribute("enduser.id", principal.subject);
+            const result = await invoke(ctx);
+            span.setAttribute("rpc.grpc.status_code", grpc.status.OK);
+            return result;
+          } catch (error) {
+            const mapped = toServiceError(error);
+            code = mapped.grpcCode;
+            span.setAttribute("rpc.grpc.status_code", code);
+            if (mapped.reason === "INTERNAL") {
+              recordError(span, error);
+              options.logger.error({ err: error, method: method.path }, "handler failed");
+            } else {
+              span.setStatus({ code: SpanStatusCode.ERROR, message: mapped.message });
+              span.setAttribute("error.type", mapped.reason);
+            }
+            throw mapped;
+          }
+        },
+      );
+    } finally {
+      call.removeListener("cancelled", onCancel);
+      inFlight.delete(controller);
+      stopTimer();
+      grpcServerHandled.inc({ ...labels, grpc_code: grpc.status[code] ?? String(code) });
+    }
+  }
+
+  switch (kind) {
+    case "unary":
+      return (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+        run(call, (ctx) => handler(call.request, ctx)).then(
+          (response) => callback(null, response),
+          (error) => callback(toGrpcError(toServiceError(error))),
+        );
+      };
+    case "client_stream":
+      return (call: grpc.ServerReadableStream<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+        run(call, (ctx) => handler(call, ctx)).then(
+          (response) => callback(null, response),
+          (error) => callback(toGrpcError(toServiceError(error))),
+        );
+      };
+    case "server_stream":
+      return (call: grpc.ServerWritableStream<unknown, unknown>) => {
+        run(call, (ctx) => writeAll(call, handler(call.request, ctx), ctx.signal)).then(
+          () => call.end(),
+          (error) => call.emit("error", toGrpcError(toServiceError(error))),
+        );
+      };
+    case "bidi_stream":
+      return (call: grpc.ServerDuplexStream<unknown, unknown>) => {
+        run(call, (ctx) => writeAll(call, handler(call, ctx), ctx.signal)).then(
+          () => call.end(),
+          (error) => call.emit("error", toGrpcError(toServiceError(error))),
+        );
+      };
+  }
+}

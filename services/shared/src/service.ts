@@ -1,0 +1,103 @@
+import type { Authenticator } from "./auth.ts";
+import { createAuthenticator } from "./auth.ts";
+import { loadConfig, type Config, type ServiceName } from "./config.ts";
+import { createSql, migrate, pingDatabase, PLATFORM_MIGRATIONS, type Sql } from "./db.ts";
+import { startGrpcServer, type RunningGrpcServer, type ServiceRegistration } from "./grpc/server.ts";
+import { startOpsServer, type OpsServer, type ReadinessCheck } from "./http.ts";
+import { createLogger, type Logger } from "./logger.ts";
+import { initMetrics } from "./metrics.ts";
+import { connectNats, pingNats, type NatsConnection } from "./nats.ts";
+import { createShutdown, exitOnSignals, type Shutdown } from "./shutdown.ts";
+import { shutdownTelemetry, startTelemetry } from "./telemetry.ts";
+
+/** What a service's wiring gets to build its handlers and workers from. */
+export interface ServiceDeps {
+  config: Config;
+  logger: Logger;
+  sql: Sql;
+  nats: NatsConnection;
+  authenticator: Authenticator;
+  shutdown: Shutdown;
+}
+
+export interface ServiceDefinition {
+  service: ServiceName;
+  /** Folder of forward-only SQL migrations for the service's schema. */
+  migrationsDir: string;
+  /** Builds the gRPC services and starts background work (register its stop steps on `deps.shutdown`). */
+  setup(deps: ServiceDeps): Promise<{
+    grpc: ServiceRegistration[];
+    checks?: ReadinessCheck[];
+    handleHttp?: (request: Request) => Promise<Response | undefined> | Response | undefined;
+    maxRequestBodySize?: number;
+  }>;
+}
+
+export interface RunningService extends ServiceDeps {
+  grpc: RunningGrpcServer;
+  http: OpsServer;
+}
+
+/**
+ * One entry point per process: config → telemetry → db (migrated) / NATS → gRPC + HTTP → ready.
+ * `--migrate-only` applies the migrations and exits (the Kubernetes migration Job).
+ */
+export async function runService(definition: ServiceDefinition, argv: string[] = process.argv): Promise<RunningService | undefined> {
+  const config = loadConfig(definition.service);
+  const logger = createLogger(definition.service, config.LOG_LEVEL);
+  const sql = createSql({ url: config.DATABASE_URL!, schema: definition.service, max: config.DATABASE_POOL_MAX });
+  const migrations = [PLATFORM_MIGRATIONS, { name: definition.service, dir: definition.migrationsDir }];
+  if (argv.includes("--migrate-only")) {
+    const applied = await migrate(sql, definition.service, migrations);
+    logger.info({ applied }, "migrations applied");
+    await sql.end();
+    return undefined;
+  }
+
+  startTelemetry(definition.service);
+  initMetrics(definition.service);
+  if (config.AUTH_DISABLED) logger.warn("AUTH_DISABLED=true: every call is trusted; for local development only");
+  const shutdown = createShutdown(logger, config.SHUTDOWN_TIMEOUT_MS!);
+  exitOnSignals(shutdown);
+
+  const applied = await migrate(sql, definition.service, migrations);
+  if (applied.length) logger.info({ applied }, "migrations applied");
+  const nats = await connectNats(config.NATS_URL!, `coursemesh-${definition.service}`, logger);
+  const authenticator = createAuthenticator(config);
+  const deps: ServiceDeps = { config, logger, sql, nats, authenticator, shutdown };
+
+  const built = await definition.setup(deps);
+  const grpc = await startGrpcServer({
+    service: definition.service,
+    host: config.BIND_HOST!,
+    port: config.GRPC_PORT!,
+    services: built.grpc,
+    authenticator,
+    logger,
+  });
+  const http = startOpsServer({
+    host: config.BIND_HOST!,
+    port: config.HTTP_PORT!,
+    checks: [
+      { name: "postgres", check: () => pingDatabase(sql) },
+      { name: "nats", check: () => pingNats(nats) },
+      ...(built.checks ?? []),
+    ],
+    handle: built.handleHttp,
+    maxRequestBodySize: built.maxRequestBodySize,
+  });
+
+  shutdown.on("not-serving", "health", () => {
+    grpc.setServing("NOT_SERVING");
+    http.setReady(false);
+  });
+  shutdown.on("stop-intake", "grpc", () => grpc.shutdown(Math.max(0, config.SHUTDOWN_TIMEOUT_MS! - 2000)));
+  shutdown.on("drain-nats", "nats", () => nats.drain());
+  shutdown.on("close-db", "postgres", () => sql.end({ timeout: 5 }));
+  shutdown.on("close-db", "http", () => http.stop());
+  shutdown.on("flush-telemetry", "otel", () => shutdownTelemetry());
+
+  grpc.setServing("SERVING");
+  logger.info({ grpcPort: grpc.port, httpPort: http.port }, `${definition.service} ready`);
+  return { ...deps, grpc, http };
+}
