@@ -7,8 +7,8 @@ export type { Logger };
  * A pino JSON logger for one service. Every line written inside a span carries its `trace_id` and
  * `span_id`, so a log line leads to its trace in Grafana.
  */
-export function createLogger(service: string, level: string = process.env.LOG_LEVEL ?? "info"): Logger {
-  return pino({
+export function createLogger(service: string, level: string = process.env.LOG_LEVEL ?? "info", destination?: pino.DestinationStream): Logger {
+  const options: pino.LoggerOptions = {
     name: service,
     level,
     base: { service },
@@ -20,5 +20,6 @@ export function createLogger(service: string, level: string = process.env.LOG_LE
       const { traceId, spanId, traceFlags } = span.spanContext();
       return { trace_id: traceId, span_id: spanId, trace_flags: traceFlags };
     },
-  });
+  };
+  return destination ? pino(options, destination) : pino(options);
 }

@@ -1,6 +1,6 @@
 import type { Authenticator } from "./auth.ts";
 import { createAuthenticator } from "./auth.ts";
-import { loadConfig, type Config, type ServiceName } from "./config.ts";
+import { ConfigError, loadConfig, type Config, type ServiceName } from "./config.ts";
 import { createSql, migrate, pingDatabase, PLATFORM_MIGRATIONS, type Sql } from "./db.ts";
 import { startGrpcServer, type RunningGrpcServer, type ServiceRegistration } from "./grpc/server.ts";
 import { startOpsServer, type OpsServer, type ReadinessCheck } from "./http.ts";
@@ -43,7 +43,15 @@ export interface RunningService extends ServiceDeps {
  * `--migrate-only` applies the migrations and exits (the Kubernetes migration Job).
  */
 export async function runService(definition: ServiceDefinition, argv: string[] = process.argv): Promise<RunningService | undefined> {
-  const config = loadConfig(definition.service);
+  let config: Config;
+  try {
+    config = loadConfig(definition.service);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    // A bad deployment should say what to fix, not print a stack trace.
+    console.error(error.message);
+    process.exit(78);
+  }
   const logger = createLogger(definition.service, config.LOG_LEVEL);
   const sql = createSql({ url: config.DATABASE_URL!, schema: definition.service, max: config.DATABASE_POOL_MAX });
   const migrations = [PLATFORM_MIGRATIONS, { name: definition.service, dir: definition.migrationsDir }];

@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 
 /** Local development state (embedded Postgres data, NATS store, the dev JWT secret); git-ignored. */
-export const DEV_DIR = join(new URL("../../../../", import.meta.url).pathname, ".dev");
+export const DEV_DIR = process.env.DEV_DIR ?? join(new URL("../../../../", import.meta.url).pathname, ".dev");
 
 /** The JWT secret for local development: AUTH_JWT_SECRET, else one made once and kept in .dev/. */
 export function devJwtSecret(): string {

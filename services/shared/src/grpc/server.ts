@@ -1,4 +1,4 @@
-import { once } from "node:events";
+import { EventEmitter, once } from "node:events";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
@@ -80,7 +80,16 @@ function authorizationOf(metadata: grpc.Metadata): string | undefined {
   return typeof value === "string" ? value : undefined;
 }
 
-async function writeAll<R>(call: grpc.ServerWritableStream<unknown, R>, responses: AsyncIterable<R>, signal: AbortSignal) {
+/** What every kind of server call has in common (grpc-js does not export its name for it). */
+interface SurfaceCall extends EventEmitter {
+  readonly metadata: grpc.Metadata;
+  getDeadline(): grpc.Deadline;
+}
+interface WritableCall<R> extends EventEmitter {
+  write(message: R): boolean;
+}
+
+async function writeAll<R>(call: WritableCall<R>, responses: AsyncIterable<R>, signal: AbortSignal) {
   for await (const response of responses) {
     if (signal.aborted) break;
     if (!call.write(response)) await Promise.race([once(call, "drain"), once(signal, "abort")]);
@@ -198,7 +207,7 @@ function wrapHandler(
   const labels = { grpc_service: serviceName, grpc_method: methodName, grpc_type: kind };
 
   // Runs the handler with a server span, auth and timing; returns the result or throws a ServiceError.
-  async function run(call: grpc.ServerSurfaceCall, invoke: (ctx: CallContext) => Promise<unknown>): Promise<unknown> {
+  async function run(call: SurfaceCall, invoke: (ctx: CallContext) => Promise<unknown>): Promise<unknown> {
     const stopTimer = grpcServerHandlingSeconds.startTimer(labels);
     const controller = new AbortController();
     inFlight.add(controller);
