@@ -137,6 +137,17 @@ describe("errors carry the right status and a google.rpc.ErrorInfo reason", () =
   });
 });
 
+describe("client helper", () => {
+  test("idempotent calls are retried on UNAVAILABLE; others are not", async () => {
+    const retrying = createClient(PlatformTestClient as any, address(), { caller: "test", idempotentMethods: ["Fail"], defaultDeadlineMs: 5000 });
+    const reply = await unary<object, any>((retrying as any).Fail.bind(retrying), { message: "flaky-a" });
+    expect(reply.message).toBe("ok after 3");
+    retrying.close();
+    const error = await failure(call("Fail", { message: "flaky-b" }));
+    expect(error.code).toBe(grpc.status.UNAVAILABLE);
+  });
+});
+
 describe("health, reflection and metrics", () => {
   test("grpc.health.v1.Health reports SERVING, then NOT_SERVING", async () => {
     const health = grpc.loadPackageDefinition(loadSync(healthProtoPath, { enums: String })) as any;

@@ -9,12 +9,12 @@ import { PlatformTestClient } from "./fixtures/platform-service.ts";
 const receiver = startOtlpReceiver();
 const children: Subprocess[] = [];
 
-async function startTracedServer(service: string): Promise<{ address: string; child: Subprocess<"ignore", "pipe", "inherit"> }> {
+async function startTracedServer(service: string, protocol = "http/json"): Promise<{ address: string; child: Subprocess<"ignore", "pipe", "inherit"> }> {
   const child = Bun.spawn(["bun", "run", new URL("./fixtures/platform-service.ts", import.meta.url).pathname, service], {
     env: {
       PATH: process.env.PATH!,
       OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
-      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+      OTEL_EXPORTER_OTLP_PROTOCOL: protocol,
       OTEL_BSP_SCHEDULE_DELAY: "100",
     },
     stdin: "ignore",
@@ -69,4 +69,21 @@ test("one trace follows a call from one process through a second to a third", as
   expect(pingServer?.attributes["rpc.system"]).toBe("grpc");
   expect(pingServer?.attributes["rpc.method"]).toBe("Ping");
   expect(pingServer?.attributes["rpc.grpc.status_code"]).toBe(0);
+});
+
+test("spans also leave over OTLP http/protobuf, the default protocol", async () => {
+  const server = await startTracedServer("service-proto", "http/protobuf");
+  const traceId = randomBytes(16).toString("hex");
+  const metadata = new grpc.Metadata();
+  metadata.set("traceparent", `00-${traceId}-${randomBytes(8).toString("hex")}-01`);
+  const client = new PlatformTestClient(server.address, grpc.credentials.createInsecure()) as any;
+  await unary<object, any>(client.Ping.bind(client), { message: "x" }, { metadata, deadlineMs: 5000 });
+  client.close();
+  server.child.kill("SIGTERM");
+  await server.child.exited;
+  const deadline = Date.now() + 10_000;
+  const contains = () => receiver.protobufBodies().some((body) => Buffer.from(body).includes(Buffer.from(traceId, "hex")));
+  while (!contains() && Date.now() < deadline) await Bun.sleep(50);
+  // The protobuf body carries the trace id as its 16 raw bytes.
+  expect(contains()).toBe(true);
 });

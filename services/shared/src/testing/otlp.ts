@@ -16,6 +16,8 @@ export interface OtlpReceiver {
   /** Base URL for OTEL_EXPORTER_OTLP_ENDPOINT. */
   url: string;
   spans(): ReceivedSpan[];
+  /** Raw OTLP/HTTP protobuf request bodies (this receiver decodes only JSON). */
+  protobufBodies(): Uint8Array[];
   /** Waits until `predicate` holds over the spans received so far. */
   waitFor(predicate: (spans: ReceivedSpan[]) => boolean, timeoutMs?: number): Promise<ReceivedSpan[]>;
   stop(): Promise<void>;
@@ -40,15 +42,19 @@ function attributesOf(list: KeyValue[] | undefined): Record<string, unknown> {
 /** Starts the receiver; point services at it with OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_PROTOCOL=http/json. */
 export function startOtlpReceiver(): OtlpReceiver {
   const received: ReceivedSpan[] = [];
+  const protobufBodies: Uint8Array[] = [];
   const server = Bun.serve({
     hostname: "127.0.0.1",
     port: 0,
     async fetch(request) {
       const { pathname } = new URL(request.url);
       if (request.method !== "POST" || pathname !== "/v1/traces") return new Response("not found", { status: 404 });
-      if (!(request.headers.get("content-type") ?? "").includes("json")) {
-        return new Response("this receiver speaks OTLP/HTTP JSON only", { status: 415 });
+      const contentType = request.headers.get("content-type") ?? "";
+      if (contentType.includes("protobuf")) {
+        protobufBodies.push(new Uint8Array(await request.arrayBuffer()));
+        return new Response(new Uint8Array(), { headers: { "content-type": "application/x-protobuf" } });
       }
+      if (!contentType.includes("json")) return new Response("unsupported content type", { status: 415 });
       const body = (await request.json()) as {
         resourceSpans?: { resource?: { attributes?: KeyValue[] }; scopeSpans?: { spans?: Record<string, any>[] }[] }[];
       };
@@ -76,6 +82,7 @@ export function startOtlpReceiver(): OtlpReceiver {
   return {
     url: `http://127.0.0.1:${server.port}`,
     spans: () => [...received],
+    protobufBodies: () => [...protobufBodies],
     async waitFor(predicate, timeoutMs = 15_000) {
       const deadline = Date.now() + timeoutMs;
       while (Date.now() < deadline) {
