@@ -225,6 +225,11 @@ export enum ErrorReason {
   ERROR_REASON_INVALID_ID = 10,
   /** ERROR_REASON_INVALID_PAGE_TOKEN - INVALID_ARGUMENT: page_token is not one this service issued for the same query. */
   ERROR_REASON_INVALID_PAGE_TOKEN = 11,
+  /**
+   * ERROR_REASON_FILTER_NOT_ALLOWED - PERMISSION_DENIED: the caller may not use this filter (a student subscribes to their own
+   * student_id only; course filters are for registrars, operators and services) or set `owner`.
+   */
+  ERROR_REASON_FILTER_NOT_ALLOWED = 21,
   /** ERROR_REASON_TOKEN_MISSING - UNAUTHENTICATED: no bearer token in the `authorization` metadata. */
   ERROR_REASON_TOKEN_MISSING = 12,
   /** ERROR_REASON_TOKEN_MALFORMED - UNAUTHENTICATED: the `authorization` metadata is not "Bearer <JWT>". */
@@ -284,6 +289,9 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 11:
     case "ERROR_REASON_INVALID_PAGE_TOKEN":
       return ErrorReason.ERROR_REASON_INVALID_PAGE_TOKEN;
+    case 21:
+    case "ERROR_REASON_FILTER_NOT_ALLOWED":
+      return ErrorReason.ERROR_REASON_FILTER_NOT_ALLOWED;
     case 12:
     case "ERROR_REASON_TOKEN_MISSING":
       return ErrorReason.ERROR_REASON_TOKEN_MISSING;
@@ -344,6 +352,8 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "ERROR_REASON_INVALID_ID";
     case ErrorReason.ERROR_REASON_INVALID_PAGE_TOKEN:
       return "ERROR_REASON_INVALID_PAGE_TOKEN";
+    case ErrorReason.ERROR_REASON_FILTER_NOT_ALLOWED:
+      return "ERROR_REASON_FILTER_NOT_ALLOWED";
     case ErrorReason.ERROR_REASON_TOKEN_MISSING:
       return "ERROR_REASON_TOKEN_MISSING";
     case ErrorReason.ERROR_REASON_TOKEN_MALFORMED:
@@ -458,6 +468,17 @@ export interface SubscribeRequest {
    * in SubscribeResponse.secret.
    */
   secret: string;
+  /**
+   * Services and operators only: create the subscription on behalf of this subject (it becomes
+   * the owner). Empty: the caller owns it. An email address subscribed on someone's behalf stays
+   * PENDING until confirmed, unless `owner_email` (the owner's own address) equals it.
+   */
+  owner: string;
+  /**
+   * With `owner`: the owner's own email address (the `email` claim of their token), so their own
+   * address needs no confirmation.
+   */
+  ownerEmail: string;
 }
 
 export interface SubscribeResponse {
@@ -1304,7 +1325,7 @@ export const Notification: MessageFns<Notification> = {
 };
 
 function createBaseSubscribeRequest(): SubscribeRequest {
-  return { channel: 0, address: "", filter: undefined, secret: "" };
+  return { channel: 0, address: "", filter: undefined, secret: "", owner: "", ownerEmail: "" };
 }
 
 export const SubscribeRequest: MessageFns<SubscribeRequest> = {
@@ -1320,6 +1341,12 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
     }
     if (message.secret !== "") {
       writer.uint32(34).string(message.secret);
+    }
+    if (message.owner !== "") {
+      writer.uint32(42).string(message.owner);
+    }
+    if (message.ownerEmail !== "") {
+      writer.uint32(50).string(message.ownerEmail);
     }
     return writer;
   },
@@ -1369,6 +1396,22 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
             message.secret = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.owner = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.ownerEmail = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1387,6 +1430,12 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
       address: isSet(object.address) ? globalThis.String(object.address) : "",
       filter: isSet(object.filter) ? SubscriptionFilter.fromJSON(object.filter) : undefined,
       secret: isSet(object.secret) ? globalThis.String(object.secret) : "",
+      owner: isSet(object.owner) ? globalThis.String(object.owner) : "",
+      ownerEmail: isSet(object.ownerEmail)
+        ? globalThis.String(object.ownerEmail)
+        : isSet(object.owner_email)
+        ? globalThis.String(object.owner_email)
+        : "",
     };
   },
 
@@ -1404,6 +1453,12 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
     if (message.secret !== "") {
       obj.secret = message.secret;
     }
+    if (message.owner !== "") {
+      obj.owner = message.owner;
+    }
+    if (message.ownerEmail !== "") {
+      obj.ownerEmail = message.ownerEmail;
+    }
     return obj;
   },
 
@@ -1418,6 +1473,8 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
       ? SubscriptionFilter.fromPartial(object.filter)
       : undefined;
     message.secret = object.secret ?? "";
+    message.owner = object.owner ?? "";
+    message.ownerEmail = object.ownerEmail ?? "";
     return message;
   },
 };
