@@ -35,7 +35,8 @@ export function classifyAddress(address: string): AddressClass {
   if (ipaddr.IPv4.isValid(literal) && !ipaddr.IPv4.isValidFourPartDecimal(literal)) return "invalid";
   const parsed = ipaddr.parse(literal);
   if (METADATA_ADDRESSES.has(parsed.toNormalizedString()) || METADATA_ADDRESSES.has(parsed.toString())) return "metadata";
-  const range = parsed.range();
+  // Typed loosely: the range names differ between the IPv4 and IPv6 tables and across versions.
+  const range: string = parsed.range();
   switch (range) {
     case "unicast":
       return "public";
