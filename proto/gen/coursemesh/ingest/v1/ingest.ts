@@ -174,6 +174,11 @@ export enum ErrorReason {
   ERROR_REASON_QUERY_CANCELLED = 24,
   /** ERROR_REASON_INTERNAL - INTERNAL: an unexpected error; details stay in the server's logs. */
   ERROR_REASON_INTERNAL = 25,
+  /**
+   * ERROR_REASON_IDEMPOTENCY_KEY_REUSED - ALREADY_EXISTS: the idempotency_key was used before by the same caller for a different upload
+   * (another course title or other files); use a new key for a new upload.
+   */
+  ERROR_REASON_IDEMPOTENCY_KEY_REUSED = 26,
   UNRECOGNIZED = -1,
 }
 
@@ -257,6 +262,9 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 25:
     case "ERROR_REASON_INTERNAL":
       return ErrorReason.ERROR_REASON_INTERNAL;
+    case 26:
+    case "ERROR_REASON_IDEMPOTENCY_KEY_REUSED":
+      return ErrorReason.ERROR_REASON_IDEMPOTENCY_KEY_REUSED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -318,6 +326,8 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "ERROR_REASON_QUERY_CANCELLED";
     case ErrorReason.ERROR_REASON_INTERNAL:
       return "ERROR_REASON_INTERNAL";
+    case ErrorReason.ERROR_REASON_IDEMPOTENCY_KEY_REUSED:
+      return "ERROR_REASON_IDEMPOTENCY_KEY_REUSED";
     case ErrorReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -2563,7 +2573,8 @@ export const IngestServiceService = {
    * and the job are durable (status PENDING); processing happens in the background. The same
    * idempotency_key returns the same job.
    * Errors: INVALID_ARGUMENT UPLOAD_OUT_OF_ORDER, COURSE_TITLE_REQUIRED, NO_FILES, NOT_A_PDF;
-   * RESOURCE_EXHAUSTED FILE_TOO_LARGE (refused while streaming), QUEUE_FULL.
+   * RESOURCE_EXHAUSTED FILE_TOO_LARGE (refused while streaming), QUEUE_FULL; ALREADY_EXISTS
+   * IDEMPOTENCY_KEY_REUSED.
    */
   uploadDocument: {
     path: "/coursemesh.ingest.v1.IngestService/UploadDocument" as const,
@@ -2666,7 +2677,8 @@ export interface IngestServiceServer extends UntypedServiceImplementation {
    * and the job are durable (status PENDING); processing happens in the background. The same
    * idempotency_key returns the same job.
    * Errors: INVALID_ARGUMENT UPLOAD_OUT_OF_ORDER, COURSE_TITLE_REQUIRED, NO_FILES, NOT_A_PDF;
-   * RESOURCE_EXHAUSTED FILE_TOO_LARGE (refused while streaming), QUEUE_FULL.
+   * RESOURCE_EXHAUSTED FILE_TOO_LARGE (refused while streaming), QUEUE_FULL; ALREADY_EXISTS
+   * IDEMPOTENCY_KEY_REUSED.
    */
   uploadDocument: handleClientStreamingCall<UploadDocumentRequest, UploadDocumentResponse>;
   /**
@@ -2709,7 +2721,8 @@ export interface IngestServiceClient extends Client {
    * and the job are durable (status PENDING); processing happens in the background. The same
    * idempotency_key returns the same job.
    * Errors: INVALID_ARGUMENT UPLOAD_OUT_OF_ORDER, COURSE_TITLE_REQUIRED, NO_FILES, NOT_A_PDF;
-   * RESOURCE_EXHAUSTED FILE_TOO_LARGE (refused while streaming), QUEUE_FULL.
+   * RESOURCE_EXHAUSTED FILE_TOO_LARGE (refused while streaming), QUEUE_FULL; ALREADY_EXISTS
+   * IDEMPOTENCY_KEY_REUSED.
    */
   uploadDocument(
     callback: (error: ServiceError | null, response: UploadDocumentResponse) => void,
