@@ -200,6 +200,111 @@ export const CONFIG_REGISTRY = {
   OTEL_TRACES_SAMPLER_ARG: otelVar("Sampler argument, e.g. the ratio 0.1."),
   OTEL_RESOURCE_ATTRIBUTES: otelVar("Extra resource attributes (key=value,…)."),
   OTEL_SDK_DISABLED: otelVar("true turns tracing off."),
+  NOTIFIER_SMTP_URL: defineVar({
+    description:
+      "SMTP server the notifier sends email through: smtp://user:pass@host:587 (STARTTLS when offered) or smtps://…:465 (TLS); the default is a local development mail catcher.",
+    readers: ["notifier"],
+    default: fixed("smtp://127.0.0.1:1025"),
+    parse: parsers.url("smtp:", "smtps:"),
+    secret: true,
+  }),
+  NOTIFIER_MAIL_FROM: defineVar({
+    description: "From address of notification emails, e.g. \"coursemesh <notifications@example.edu>\".",
+    readers: ["notifier"],
+    default: fixed("coursemesh <notifications@coursemesh.localhost>"),
+    parse: parsers.nonEmpty,
+  }),
+  NOTIFIER_SMTP_POOL_SIZE: defineVar({
+    description: "Pooled SMTP connections the notifier keeps open.",
+    readers: ["notifier"],
+    default: fixed("5"),
+    parse: parsers.int(1, 100),
+  }),
+  NOTIFIER_PUBLIC_URL: defineVar({
+    description: "Base URL people reach the notifier's HTTP port at; confirmation and unsubscribe links in emails start with it.",
+    readers: ["notifier"],
+    default: fixed("http://127.0.0.1:8083"),
+    parse: parsers.url("http:", "https:"),
+  }),
+  NOTIFIER_COALESCE_SECONDS: defineVar({
+    description: "Seat emails per monitor and recipient within this window collapse into one carrying the latest value (the first goes at once).",
+    readers: ["notifier"],
+    default: fixed("60"),
+    parse: parsers.int(0, 86_400),
+  }),
+  NOTIFIER_MAX_ATTEMPTS: defineVar({
+    description: "Delivery attempts before a notification is FAILED and dead-lettered.",
+    readers: ["notifier"],
+    default: fixed("8"),
+    parse: parsers.int(1, 100),
+  }),
+  NOTIFIER_RETRY_BASE_MS: defineVar({
+    description: "First retry delay after a transient delivery failure; doubles per attempt (with jitter).",
+    readers: ["notifier"],
+    default: fixed("5000"),
+    parse: parsers.int(10, 3_600_000),
+  }),
+  NOTIFIER_RETRY_MAX_MS: defineVar({
+    description: "Longest delay between two delivery attempts.",
+    readers: ["notifier"],
+    default: fixed("1800000"),
+    parse: parsers.int(10, 86_400_000),
+  }),
+  NOTIFIER_SEND_CONCURRENCY: defineVar({
+    description: "Sender workers per process; each claims a batch of due notifications at a time.",
+    readers: ["notifier"],
+    default: fixed("4"),
+    parse: parsers.int(1, 64),
+  }),
+  NOTIFIER_SEND_BATCH_SIZE: defineVar({
+    description: "Notifications a sender worker claims at once.",
+    readers: ["notifier"],
+    default: fixed("50"),
+    parse: parsers.int(1, 1000),
+  }),
+  NOTIFIER_POLL_MS: defineVar({
+    description: "How often an idle sender looks for due notifications (new ones wake it at once in the same process).",
+    readers: ["notifier"],
+    default: fixed("1000"),
+    parse: parsers.int(10, 60_000),
+  }),
+  NOTIFIER_WEBHOOK_TIMEOUT_MS: defineVar({
+    description: "Timeout of one webhook POST.",
+    readers: ["notifier"],
+    default: fixed("5000"),
+    parse: parsers.int(100, 60_000),
+  }),
+  NOTIFIER_EMAIL_RATE_PER_HOUR: defineVar({
+    description: "Per-recipient cap on emails sent in any hour; more are SUPPRESSED, so a flood upstream cannot flood an inbox.",
+    readers: ["notifier"],
+    default: fixed("30"),
+    parse: parsers.int(1, 1_000_000),
+  }),
+  NOTIFIER_WEBHOOK_RATE_PER_HOUR: defineVar({
+    description: "Per-URL cap on webhook deliveries in any hour; more are SUPPRESSED.",
+    readers: ["notifier"],
+    default: fixed("3600"),
+    parse: parsers.int(1, 10_000_000),
+  }),
+  NOTIFIER_CONFIRM_TTL_HOURS: defineVar({
+    description: "How long a subscription confirmation link stays valid.",
+    readers: ["notifier"],
+    default: fixed("72"),
+    parse: parsers.int(1, 24 * 90),
+  }),
+  NOTIFIER_ALLOW_PRIVATE_HOSTS: defineVar({
+    description: "Let webhooks go to private, loopback and link-local addresses (tests and lab networks only; never in production).",
+    readers: ["notifier"],
+    default: fixed("false"),
+    parse: parsers.bool,
+  }),
+  NOTIFIER_CRASH_AT: defineVar({
+    description:
+      "TEST ONLY: kill the notifier (SIGKILL) at a chosen point to test recovery: after-fanout (deliveries committed, event not acked) or after-smtp-accept (SMTP accepted, SENT not committed). Never set in a deployment.",
+    readers: ["notifier"],
+    default: fixed(""),
+    parse: parsers.oneOf("", "after-fanout", "after-smtp-accept"),
+  }),
 } as const satisfies Record<string, VarSpec<unknown>>;
 
 export type ConfigName = keyof typeof CONFIG_REGISTRY;
