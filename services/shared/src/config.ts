@@ -305,6 +305,63 @@ export const CONFIG_REGISTRY = {
     default: fixed(""),
     parse: parsers.oneOf("", "after-fanout", "after-smtp-accept"),
   }),
+  ALLOCATOR_PRIORITY_STEP_MS: defineVar({
+    description: "Fairness rule: a request's score is its arrival minus priority x this many milliseconds (priority 0..100).",
+    readers: ["allocator"],
+    default: fixed("10"),
+    parse: parsers.int(0, 60_000),
+  }),
+  ALLOCATOR_HOLD_MS: defineVar({
+    description:
+      "Holds every request until its score is this old before it is decided, so priority also holds among requests that arrive within the hold (e.g. when registration opens).",
+    readers: ["allocator"],
+    default: fixed("0"),
+    parse: parsers.int(0, 3_600_000),
+  }),
+  ALLOCATOR_MAX_PENDING: defineVar({
+    description: "Undecided requests per course above which Enroll answers RESOURCE_EXHAUSTED with a retry delay.",
+    readers: ["allocator"],
+    default: fixed("100000"),
+    parse: parsers.int(1, 10_000_000),
+  }),
+  ALLOCATOR_BATCH_SIZE: defineVar({
+    description: "Most pending requests of one course decided in one allocation transaction.",
+    readers: ["allocator"],
+    default: fixed("2000"),
+    parse: parsers.int(1, 50_000),
+  }),
+  ALLOCATOR_ACCEPT_BATCH_SIZE: defineVar({
+    description: "Most concurrent Enroll calls written by one accept insert (one commit for all of them).",
+    readers: ["allocator"],
+    default: fixed("500"),
+    parse: parsers.int(1, 10_000),
+  }),
+  ALLOCATOR_WORKERS: defineVar({
+    description: "Allocation workers per process; each decides one course at a time.",
+    readers: ["allocator"],
+    default: fixed("2"),
+    parse: parsers.int(1, 64),
+  }),
+  ALLOCATOR_SAFETY_POLL_MS: defineVar({
+    description:
+      "How often a replica looks for courses with undecided requests it was not woken for (e.g. after another replica crashed). Wake-ups are immediate; this is only the safety net.",
+    readers: ["allocator"],
+    default: fixed("2000"),
+    parse: parsers.int(100, 600_000),
+  }),
+  ALLOCATOR_MAX_WAIT_MS: defineVar({
+    description: "Longest an Enroll with wait=true and no deadline waits for its decision before answering PENDING.",
+    readers: ["allocator"],
+    default: fixed("30000"),
+    parse: parsers.int(0, 600_000),
+  }),
+  ALLOCATOR_PAUSED: defineVar({
+    description:
+      "Accept requests but decide none until the process gets SIGUSR2 (tests, benchmarks, incident response). Other replicas keep deciding.",
+    readers: ["allocator"],
+    default: fixed("false"),
+    parse: parsers.bool,
+  }),
 } as const satisfies Record<string, VarSpec<unknown>>;
 
 export type ConfigName = keyof typeof CONFIG_REGISTRY;
