@@ -230,6 +230,11 @@ export enum ErrorReason {
    * student_id only; course filters are for registrars, operators and services) or set `owner`.
    */
   ERROR_REASON_FILTER_NOT_ALLOWED = 21,
+  /**
+   * ERROR_REASON_SECRET_INVALID - INVALID_ARGUMENT: a webhook secret shorter than 16 characters (or a `whsec_` one that is not
+   * base64), or a secret given for an EMAIL subscription.
+   */
+  ERROR_REASON_SECRET_INVALID = 22,
   /** ERROR_REASON_TOKEN_MISSING - UNAUTHENTICATED: no bearer token in the `authorization` metadata. */
   ERROR_REASON_TOKEN_MISSING = 12,
   /** ERROR_REASON_TOKEN_MALFORMED - UNAUTHENTICATED: the `authorization` metadata is not "Bearer <JWT>". */
@@ -292,6 +297,9 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 21:
     case "ERROR_REASON_FILTER_NOT_ALLOWED":
       return ErrorReason.ERROR_REASON_FILTER_NOT_ALLOWED;
+    case 22:
+    case "ERROR_REASON_SECRET_INVALID":
+      return ErrorReason.ERROR_REASON_SECRET_INVALID;
     case 12:
     case "ERROR_REASON_TOKEN_MISSING":
       return ErrorReason.ERROR_REASON_TOKEN_MISSING;
@@ -354,6 +362,8 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "ERROR_REASON_INVALID_PAGE_TOKEN";
     case ErrorReason.ERROR_REASON_FILTER_NOT_ALLOWED:
       return "ERROR_REASON_FILTER_NOT_ALLOWED";
+    case ErrorReason.ERROR_REASON_SECRET_INVALID:
+      return "ERROR_REASON_SECRET_INVALID";
     case ErrorReason.ERROR_REASON_TOKEN_MISSING:
       return "ERROR_REASON_TOKEN_MISSING";
     case ErrorReason.ERROR_REASON_TOKEN_MALFORMED:
