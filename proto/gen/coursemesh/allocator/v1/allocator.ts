@@ -163,6 +163,8 @@ export enum ErrorReason {
   ERROR_REASON_INVALID_ID = 19,
   /** ERROR_REASON_INVALID_PAGE_TOKEN - INVALID_ARGUMENT: page_token is not one this service issued for the same query. */
   ERROR_REASON_INVALID_PAGE_TOKEN = 20,
+  /** ERROR_REASON_INVALID_PAGE_SIZE - INVALID_ARGUMENT: page_size is negative. */
+  ERROR_REASON_INVALID_PAGE_SIZE = 32,
   /** ERROR_REASON_STUDENT_MISMATCH - PERMISSION_DENIED: a student acting for another student (student_id != token sub). */
   ERROR_REASON_STUDENT_MISMATCH = 21,
   /** ERROR_REASON_PRIORITY_NOT_ALLOWED - PERMISSION_DENIED: a student setting a non-zero priority. */
@@ -253,6 +255,9 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 20:
     case "ERROR_REASON_INVALID_PAGE_TOKEN":
       return ErrorReason.ERROR_REASON_INVALID_PAGE_TOKEN;
+    case 32:
+    case "ERROR_REASON_INVALID_PAGE_SIZE":
+      return ErrorReason.ERROR_REASON_INVALID_PAGE_SIZE;
     case 21:
     case "ERROR_REASON_STUDENT_MISMATCH":
       return ErrorReason.ERROR_REASON_STUDENT_MISMATCH;
@@ -337,6 +342,8 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "ERROR_REASON_INVALID_ID";
     case ErrorReason.ERROR_REASON_INVALID_PAGE_TOKEN:
       return "ERROR_REASON_INVALID_PAGE_TOKEN";
+    case ErrorReason.ERROR_REASON_INVALID_PAGE_SIZE:
+      return "ERROR_REASON_INVALID_PAGE_SIZE";
     case ErrorReason.ERROR_REASON_STUDENT_MISMATCH:
       return "ERROR_REASON_STUDENT_MISMATCH";
     case ErrorReason.ERROR_REASON_PRIORITY_NOT_ALLOWED:
