@@ -179,6 +179,10 @@ export enum ErrorReason {
    * (another course title or other files); use a new key for a new upload.
    */
   ERROR_REASON_IDEMPOTENCY_KEY_REUSED = 26,
+  /** ERROR_REASON_TOO_MANY_FILES - INVALID_ARGUMENT: more than 100 files in one upload. */
+  ERROR_REASON_TOO_MANY_FILES = 27,
+  /** ERROR_REASON_COURSE_TITLE_TOO_LONG - INVALID_ARGUMENT: course_title is longer than 300 characters. */
+  ERROR_REASON_COURSE_TITLE_TOO_LONG = 28,
   UNRECOGNIZED = -1,
 }
 
@@ -265,6 +269,12 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 26:
     case "ERROR_REASON_IDEMPOTENCY_KEY_REUSED":
       return ErrorReason.ERROR_REASON_IDEMPOTENCY_KEY_REUSED;
+    case 27:
+    case "ERROR_REASON_TOO_MANY_FILES":
+      return ErrorReason.ERROR_REASON_TOO_MANY_FILES;
+    case 28:
+    case "ERROR_REASON_COURSE_TITLE_TOO_LONG":
+      return ErrorReason.ERROR_REASON_COURSE_TITLE_TOO_LONG;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -328,6 +338,10 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "ERROR_REASON_INTERNAL";
     case ErrorReason.ERROR_REASON_IDEMPOTENCY_KEY_REUSED:
       return "ERROR_REASON_IDEMPOTENCY_KEY_REUSED";
+    case ErrorReason.ERROR_REASON_TOO_MANY_FILES:
+      return "ERROR_REASON_TOO_MANY_FILES";
+    case ErrorReason.ERROR_REASON_COURSE_TITLE_TOO_LONG:
+      return "ERROR_REASON_COURSE_TITLE_TOO_LONG";
     case ErrorReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -2572,7 +2586,8 @@ export const IngestServiceService = {
    * its bytes in `data` chunks. Several files make one job. The answer comes as soon as the bytes
    * and the job are durable (status PENDING); processing happens in the background. The same
    * idempotency_key returns the same job.
-   * Errors: INVALID_ARGUMENT UPLOAD_OUT_OF_ORDER, COURSE_TITLE_REQUIRED, NO_FILES, NOT_A_PDF;
+   * Errors: INVALID_ARGUMENT UPLOAD_OUT_OF_ORDER, COURSE_TITLE_REQUIRED, COURSE_TITLE_TOO_LONG,
+   * NO_FILES, TOO_MANY_FILES, NOT_A_PDF;
    * RESOURCE_EXHAUSTED FILE_TOO_LARGE (refused while streaming), QUEUE_FULL; ALREADY_EXISTS
    * IDEMPOTENCY_KEY_REUSED.
    */
@@ -2676,7 +2691,8 @@ export interface IngestServiceServer extends UntypedServiceImplementation {
    * its bytes in `data` chunks. Several files make one job. The answer comes as soon as the bytes
    * and the job are durable (status PENDING); processing happens in the background. The same
    * idempotency_key returns the same job.
-   * Errors: INVALID_ARGUMENT UPLOAD_OUT_OF_ORDER, COURSE_TITLE_REQUIRED, NO_FILES, NOT_A_PDF;
+   * Errors: INVALID_ARGUMENT UPLOAD_OUT_OF_ORDER, COURSE_TITLE_REQUIRED, COURSE_TITLE_TOO_LONG,
+   * NO_FILES, TOO_MANY_FILES, NOT_A_PDF;
    * RESOURCE_EXHAUSTED FILE_TOO_LARGE (refused while streaming), QUEUE_FULL; ALREADY_EXISTS
    * IDEMPOTENCY_KEY_REUSED.
    */
@@ -2720,7 +2736,8 @@ export interface IngestServiceClient extends Client {
    * its bytes in `data` chunks. Several files make one job. The answer comes as soon as the bytes
    * and the job are durable (status PENDING); processing happens in the background. The same
    * idempotency_key returns the same job.
-   * Errors: INVALID_ARGUMENT UPLOAD_OUT_OF_ORDER, COURSE_TITLE_REQUIRED, NO_FILES, NOT_A_PDF;
+   * Errors: INVALID_ARGUMENT UPLOAD_OUT_OF_ORDER, COURSE_TITLE_REQUIRED, COURSE_TITLE_TOO_LONG,
+   * NO_FILES, TOO_MANY_FILES, NOT_A_PDF;
    * RESOURCE_EXHAUSTED FILE_TOO_LARGE (refused while streaming), QUEUE_FULL; ALREADY_EXISTS
    * IDEMPOTENCY_KEY_REUSED.
    */
