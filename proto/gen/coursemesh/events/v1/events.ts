@@ -218,6 +218,8 @@ export interface Seats {
     | undefined;
   /** The seat text as found on the page, e.g. "Seats: 12/30". */
   raw: string;
+  /** Set when the text could not be read as seat counts; empty otherwise. */
+  parseError: string;
 }
 
 /** SeatsChanged: a monitor saw its seats change. Subject seats.changed.<monitor_id>. */
@@ -385,7 +387,7 @@ export interface CourseCreated {
 }
 
 function createBaseSeats(): Seats {
-  return { open: undefined, capacity: undefined, waitlist: undefined, raw: "" };
+  return { open: undefined, capacity: undefined, waitlist: undefined, raw: "", parseError: "" };
 }
 
 export const Seats: MessageFns<Seats> = {
@@ -401,6 +403,9 @@ export const Seats: MessageFns<Seats> = {
     }
     if (message.raw !== "") {
       writer.uint32(34).string(message.raw);
+    }
+    if (message.parseError !== "") {
+      writer.uint32(42).string(message.parseError);
     }
     return writer;
   },
@@ -450,6 +455,14 @@ export const Seats: MessageFns<Seats> = {
             message.raw = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.parseError = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -468,6 +481,11 @@ export const Seats: MessageFns<Seats> = {
       capacity: isSet(object.capacity) ? globalThis.Number(object.capacity) : undefined,
       waitlist: isSet(object.waitlist) ? globalThis.Number(object.waitlist) : undefined,
       raw: isSet(object.raw) ? globalThis.String(object.raw) : "",
+      parseError: isSet(object.parseError)
+        ? globalThis.String(object.parseError)
+        : isSet(object.parse_error)
+        ? globalThis.String(object.parse_error)
+        : "",
     };
   },
 
@@ -485,6 +503,9 @@ export const Seats: MessageFns<Seats> = {
     if (message.raw !== "") {
       obj.raw = message.raw;
     }
+    if (message.parseError !== "") {
+      obj.parseError = message.parseError;
+    }
     return obj;
   },
 
@@ -497,6 +518,7 @@ export const Seats: MessageFns<Seats> = {
     message.capacity = object.capacity ?? undefined;
     message.waitlist = object.waitlist ?? undefined;
     message.raw = object.raw ?? "";
+    message.parseError = object.parseError ?? "";
     return message;
   },
 };

@@ -440,6 +440,11 @@ export interface Seats {
     | undefined;
   /** The seat text as found on the page. */
   raw: string;
+  /**
+   * Set when the text could not be read as seat counts (the counts are then unset and raw is all
+   * there is), e.g. "could not parse seat text \"TBA\"; showing it as found". Empty otherwise.
+   */
+  parseError: string;
 }
 
 /**
@@ -667,7 +672,7 @@ export interface WatchMonitorsResponse {
 }
 
 function createBaseSeats(): Seats {
-  return { open: undefined, capacity: undefined, waitlist: undefined, raw: "" };
+  return { open: undefined, capacity: undefined, waitlist: undefined, raw: "", parseError: "" };
 }
 
 export const Seats: MessageFns<Seats> = {
@@ -683,6 +688,9 @@ export const Seats: MessageFns<Seats> = {
     }
     if (message.raw !== "") {
       writer.uint32(34).string(message.raw);
+    }
+    if (message.parseError !== "") {
+      writer.uint32(42).string(message.parseError);
     }
     return writer;
   },
@@ -732,6 +740,14 @@ export const Seats: MessageFns<Seats> = {
             message.raw = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.parseError = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -750,6 +766,11 @@ export const Seats: MessageFns<Seats> = {
       capacity: isSet(object.capacity) ? globalThis.Number(object.capacity) : undefined,
       waitlist: isSet(object.waitlist) ? globalThis.Number(object.waitlist) : undefined,
       raw: isSet(object.raw) ? globalThis.String(object.raw) : "",
+      parseError: isSet(object.parseError)
+        ? globalThis.String(object.parseError)
+        : isSet(object.parse_error)
+        ? globalThis.String(object.parse_error)
+        : "",
     };
   },
 
@@ -767,6 +788,9 @@ export const Seats: MessageFns<Seats> = {
     if (message.raw !== "") {
       obj.raw = message.raw;
     }
+    if (message.parseError !== "") {
+      obj.parseError = message.parseError;
+    }
     return obj;
   },
 
@@ -779,6 +803,7 @@ export const Seats: MessageFns<Seats> = {
     message.capacity = object.capacity ?? undefined;
     message.waitlist = object.waitlist ?? undefined;
     message.raw = object.raw ?? "";
+    message.parseError = object.parseError ?? "";
     return message;
   },
 };
