@@ -1,0 +1,527 @@
+/**
+ * The allocator's SQL, one named function per statement. Every status change of a course's requests
+ * runs while its caller holds the course row's lock (`lockCourse`), which is what serialises
+ * deciders, drops and capacity changes of one course across replicas.
+ */
+import type { Sql, Tx } from "@coursemesh/shared/db.ts";
+
+type Db = Sql | Tx;
+type Row = Record<string, any>;
+
+export const REQUEST_STATUSES = ["PENDING", "ENROLLED", "WAITLISTED", "REJECTED", "DROPPED"] as const;
+export type RequestStatus = (typeof REQUEST_STATUSES)[number];
+export type DecidedStatus = "ENROLLED" | "WAITLISTED" | "REJECTED";
+
+export interface CourseRecord {
+  id: string;
+  code: string;
+  title: string;
+  capacity: number;
+  seatsTaken: number;
+  waitlistLength: number;
+  /** Undecided requests; counted when read (the accept path never touches the course row). */
+  pending: number;
+  version: number;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+/** A course row as locked by a writer: what it needs to decide and to describe its events. */
+export interface LockedCourse {
+  id: string;
+  code: string;
+  title: string;
+  capacity: number;
+  seatsTaken: number;
+  waitlistLength: number;
+  version: number;
+}
+
+export interface RequestRecord {
+  id: string;
+  idempotencyKey: string;
+  courseId: string;
+  courseCode: string;
+  studentId: string;
+  priority: number;
+  status: RequestStatus;
+  reason: string;
+  createdAt: Date;
+  decidedAt?: Date;
+  enrolledAt?: Date;
+  droppedAt?: Date;
+  updatedAt: Date;
+  /** While PENDING: 1-based place in the course's queue, in score order. */
+  queuePosition?: number;
+  /** While WAITLISTED: 1-based place on the waitlist. */
+  waitlistPosition?: number;
+}
+
+const optionalDate = (value: unknown): Date | undefined => (value instanceof Date ? value : undefined);
+const optionalInt = (value: unknown): number | undefined => (value === null || value === undefined ? undefined : Number(value));
+
+function toCourse(row: Row): CourseRecord {
+  return {
+    id: row.id,
+    code: row.code,
+    title: row.title,
+    capacity: row.capacity,
+    seatsTaken: row.seats_taken,
+    waitlistLength: row.waitlist_length,
+    pending: Number(row.pending ?? 0),
+    version: Number(row.version),
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+function toLockedCourse(row: Row): LockedCourse {
+  return {
+    id: row.id,
+    code: row.code,
+    title: row.title,
+    capacity: row.capacity,
+    seatsTaken: row.seats_taken,
+    waitlistLength: row.waitlist_length,
+    version: Number(row.version),
+  };
+}
+
+function toRequest(row: Row): RequestRecord {
+  return {
+    id: row.id,
+    idempotencyKey: row.idempotency_key,
+    courseId: row.course_id,
+    courseCode: row.course_code,
+    studentId: row.student_id,
+    priority: row.priority,
+    status: row.status,
+    reason: row.reason,
+    createdAt: row.created_at,
+    decidedAt: optionalDate(row.decided_at),
+    enrolledAt: optionalDate(row.enrolled_at),
+    droppedAt: optionalDate(row.dropped_at),
+    updatedAt: row.updated_at,
+    queuePosition: optionalInt(row.queue_position),
+    waitlistPosition: optionalInt(row.waitlist_position),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Courses
+
+/** Inserts a course; null when its code is taken. */
+export async function insertCourse(db: Db, course: { id: string; code: string; title: string; capacity: number }): Promise<CourseRecord | null> {
+  const [row] = await db`
+    insert into courses (id, code, title, capacity)
+    values (${course.id}, ${course.code}, ${course.title}, ${course.capacity})
+    on conflict (code) do nothing
+    returning *, 0 as pending`;
+  return row ? toCourse(row) : null;
+}
+
+/** A course with its live counters, or null. */
+export async function selectCourse(db: Db, id: string): Promise<CourseRecord | null> {
+  const [row] = await db`
+    select c.*, (select count(*) from requests p where p.course_id = c.id and p.status = 'PENDING')::int as pending
+    from courses c where c.id = ${id}`;
+  return row ? toCourse(row) : null;
+}
+
+/** Courses ordered by code, after `afterCode` (a page). */
+export async function selectCourses(db: Db, afterCode: string | null, limit: number): Promise<CourseRecord[]> {
+  const rows = await db`
+    select c.*, (select count(*) from requests p where p.course_id = c.id and p.status = 'PENDING')::int as pending
+    from courses c
+    where ${afterCode}::text is null or c.code > ${afterCode}
+    order by c.code
+    limit ${limit}`;
+  return rows.map(toCourse);
+}
+
+/** The immutable facts of a course (existence and code), for the accept path's cache. */
+export async function selectCourseCode(db: Db, id: string): Promise<string | null> {
+  const [row] = await db`select code from courses where id = ${id}`;
+  return row ? (row.code as string) : null;
+}
+
+/**
+ * Locks a course row for a writer of its requests. `FOR NO KEY UPDATE` is the FOR UPDATE that does
+ * not conflict with the KEY SHARE lock of a concurrent accept's foreign-key check, so deciding never
+ * blocks accepting. With `skipLocked`, null also means another transaction holds it.
+ */
+export async function lockCourse(tx: Tx, id: string, options: { skipLocked: boolean }): Promise<LockedCourse | null> {
+  const [row] = options.skipLocked
+    ? await tx`select id, code, title, capacity, seats_taken, waitlist_length, version from courses where id = ${id} for no key update skip locked`
+    : await tx`select id, code, title, capacity, seats_taken, waitlist_length, version from courses where id = ${id} for no key update`;
+  return row ? toLockedCourse(row) : null;
+}
+
+/** Writes a locked course's new title, capacity and counters. */
+export async function updateCourseRow(
+  tx: Tx,
+  course: { id: string; title: string; capacity: number; seatsTaken: number; waitlistLength: number; version: number },
+): Promise<void> {
+  await tx`
+    update courses
+    set title = ${course.title}, capacity = ${course.capacity}, seats_taken = ${course.seatsTaken},
+        waitlist_length = ${course.waitlistLength}, version = ${course.version}, updated_at = clock_timestamp()
+    where id = ${course.id}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accepting requests
+
+export interface NewRequest {
+  id: string;
+  idempotencyKey: string;
+  courseId: string;
+  studentId: string;
+  priority: number;
+  traceparent: string | null;
+}
+
+export interface InsertedRequest {
+  id: string;
+  createdAt: Date;
+  queuePosition: number;
+  /** Undecided requests of the course right after this insert (for the ALLOCATOR_MAX_PENDING guard). */
+  coursePending: number;
+}
+
+/**
+ * Inserts many requests with one statement (one commit for all their callers), arrival stamped by
+ * the database's clock in the given order, and computes each one's queue position. Rows whose
+ * idempotency key exists are skipped; the caller looks those up.
+ *
+ * Positions: the statement's snapshot does not see the rows it inserts, so a new row's place is the
+ * existing queue ahead of the batch's first row, plus the existing rows interleaved with the batch
+ * (usually none: later arrivals rank last), plus the new rows ahead of it.
+ */
+export async function insertRequests(sql: Sql, requests: readonly NewRequest[], priorityStepMs: number): Promise<InsertedRequest[]> {
+  const rows = await sql`
+    with input as (
+      select * from unnest(
+        ${requests.map((r) => r.id)}::uuid[], ${requests.map((r) => r.idempotencyKey)}::text[],
+        ${requests.map((r) => r.courseId)}::uuid[], ${requests.map((r) => r.studentId)}::text[],
+        ${requests.map((r) => r.priority)}::int[], ${requests.map((r) => r.traceparent ?? "")}::text[]
+      ) as t(id, idempotency_key, course_id, student_id, priority, traceparent)
+    ),
+    stamped as (select input.*, clock_timestamp() as arrived from input),
+    inserted as (
+      insert into requests (id, idempotency_key, course_id, student_id, priority, status, created_at, score, updated_at, traceparent)
+      select id, idempotency_key, course_id, student_id, priority, 'PENDING', arrived,
+             arrived - make_interval(secs => priority * ${priorityStepMs}::int / 1000.0), arrived, nullif(traceparent, '')
+      from stamped
+      on conflict (idempotency_key) do nothing
+      returning id, course_id, score, created_at
+    ),
+    heads as (
+      select distinct on (course_id) course_id, score, id from inserted order by course_id, score, id
+    ),
+    ahead as (
+      select h.course_id,
+        (select count(*) from requests p
+         where p.course_id = h.course_id and p.status = 'PENDING' and (p.score, p.id) < (h.score, h.id)) as n
+      from heads h
+    ),
+    interleaved as (
+      select p.course_id, p.score, p.id
+      from heads h join requests p on p.course_id = h.course_id and p.status = 'PENDING' and (p.score, p.id) >= (h.score, h.id)
+    )
+    select i.id, i.created_at,
+      (a.n
+        + (select count(*) from interleaved x where x.course_id = i.course_id and (x.score, x.id) < (i.score, i.id))
+        + row_number() over (partition by i.course_id order by i.score, i.id))::int as queue_position,
+      (a.n + (select count(*) from interleaved x where x.course_id = i.course_id)
+        + count(*) over (partition by i.course_id))::int as course_pending
+    from inserted i join ahead a on a.course_id = i.course_id`;
+  return rows.map((row) => ({ id: row.id, createdAt: row.created_at, queuePosition: row.queue_position, coursePending: row.course_pending }));
+}
+
+/** Undecided requests of a course. */
+export async function countPending(db: Db, courseId: string): Promise<number> {
+  const [row] = await db`select count(*)::int as n from requests where course_id = ${courseId} and status = 'PENDING'`;
+  return row!.n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading requests
+
+/** Requests by id, with positions computed now. */
+export async function selectRequestsByIds(db: Db, ids: readonly string[]): Promise<RequestRecord[]> {
+  if (ids.length === 0) return [];
+  const rows = await db`
+    select r.*, c.code as course_code,
+      case when r.status = 'PENDING' then 1 + (select count(*) from requests p
+        where p.course_id = r.course_id and p.status = 'PENDING' and (p.score, p.id) < (r.score, r.id))::int end as queue_position,
+      case when r.status = 'WAITLISTED' then 1 + (select count(*) from requests w
+        where w.course_id = r.course_id and w.status = 'WAITLISTED' and (w.score, w.id) < (r.score, r.id))::int end as waitlist_position
+    from requests r join courses c on c.id = r.course_id
+    where r.id = any(${ids as string[]}::uuid[])`;
+  return rows.map(toRequest);
+}
+
+/** Requests by idempotency key, with positions computed now. */
+export async function selectRequestsByKeys(db: Db, keys: readonly string[]): Promise<RequestRecord[]> {
+  if (keys.length === 0) return [];
+  const rows = await db`select id from requests where idempotency_key = any(${keys as string[]}::text[])`;
+  return selectRequestsByIds(
+    db,
+    rows.map((row) => row.id as string),
+  );
+}
+
+/** The student's live (ENROLLED or WAITLISTED) request in a course, if any. */
+export async function selectLiveRequest(tx: Tx, courseId: string, studentId: string): Promise<{ id: string; status: "ENROLLED" | "WAITLISTED" } | null> {
+  const [row] = await tx`
+    select id, status from requests
+    where course_id = ${courseId} and student_id = ${studentId} and status in ('ENROLLED', 'WAITLISTED')`;
+  return row ? { id: row.id, status: row.status } : null;
+}
+
+/** Whether the student has an undecided request in the course. */
+export async function hasPendingRequest(db: Db, courseId: string, studentId: string): Promise<boolean> {
+  const [row] = await db`
+    select exists (select 1 from requests where course_id = ${courseId} and student_id = ${studentId} and status = 'PENDING') as found`;
+  return row!.found;
+}
+
+export interface PageKey {
+  /** The ordering value of the last row, as Postgres prints it (microseconds kept). */
+  at: string;
+  id: string;
+}
+
+/** A course's seat holders in the order they got their seat (a page after `after`). */
+export async function selectEnrolled(db: Db, courseId: string, after: PageKey | null, limit: number): Promise<(RequestRecord & { pageKey: PageKey })[]> {
+  const rows = await db`
+    select r.*, c.code as course_code, r.enrolled_at::text as page_at
+    from requests r join courses c on c.id = r.course_id
+    where r.course_id = ${courseId} and r.status = 'ENROLLED'
+      and (${after?.at ?? null}::timestamptz is null or (r.enrolled_at, r.id) > (${after?.at ?? null}::timestamptz, ${after?.id ?? null}::uuid))
+    order by r.enrolled_at, r.id
+    limit ${limit}`;
+  return rows.map((row) => ({ ...toRequest(row), pageKey: { at: row.page_at, id: row.id } }));
+}
+
+/** A course's waitlist in score order with positions computed now (a page after `after`). */
+export async function selectWaitlist(db: Db, courseId: string, after: PageKey | null, limit: number): Promise<(RequestRecord & { pageKey: PageKey })[]> {
+  const afterAt = after?.at ?? null;
+  const afterId = after?.id ?? null;
+  const rows = await db`
+    with page as (
+      select r.*, r.score::text as page_at from requests r
+      where r.course_id = ${courseId} and r.status = 'WAITLISTED'
+        and (${afterAt}::timestamptz is null or (r.score, r.id) > (${afterAt}::timestamptz, ${afterId}::uuid))
+      order by r.score, r.id
+      limit ${limit}
+    ),
+    before_page as (
+      select count(*)::int as n from requests w
+      where ${afterAt}::timestamptz is not null and w.course_id = ${courseId} and w.status = 'WAITLISTED'
+        and (w.score, w.id) <= (${afterAt}::timestamptz, ${afterId}::uuid)
+    )
+    select p.*, c.code as course_code, (select n from before_page) + row_number() over (order by p.score, p.id) as waitlist_position
+    from page p join courses c on c.id = p.course_id
+    order by p.score, p.id`;
+  return rows.map((row) => ({ ...toRequest(row), pageKey: { at: row.page_at, id: row.id } }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deciding
+
+/** One request decided by a batch, in decision (score) order. */
+export interface DecidedRequest {
+  id: string;
+  studentId: string;
+  status: DecidedStatus;
+  reason: string;
+  createdAt: Date;
+  decidedAt: Date;
+  traceparent: string | null;
+  /** For WAITLISTED: the place on the waitlist at the decision. */
+  waitlistPosition?: number;
+}
+
+/**
+ * Decides up to `limit` pending requests of a course whose lock the caller holds, in one statement:
+ * requests are taken in score order among those eligible (score at least ALLOCATOR_HOLD_MS old);
+ * a student's first request competes for a seat, later ones (and any whose student already holds
+ * or waits for a seat) are REJECTED; contenders get the free seats in score order, the rest are
+ * WAITLISTED. The statement runs after the lock, so its snapshot sees every earlier decision.
+ * Returns the decisions in score order; the caller updates the course's counters.
+ */
+export async function decideBatch(tx: Tx, course: LockedCourse, limit: number, holdMs: number): Promise<DecidedRequest[]> {
+  const freeSeats = course.capacity - course.seatsTaken;
+  const rows = await tx`
+    with clock as materialized (
+      select clock_timestamp() as now, clock_timestamp() - make_interval(secs => ${holdMs}::int / 1000.0) as eligible_until
+    ),
+    batch as (
+      select r.id, r.student_id, r.score
+      from requests r
+      where r.course_id = ${course.id} and r.status = 'PENDING' and r.score <= (select eligible_until from clock)
+      order by r.score, r.id
+      limit ${limit}
+    ),
+    flagged as (
+      select b.*, row_number() over (partition by b.student_id order by b.score, b.id) as nth_of_student, live.status as live_status
+      from batch b
+      left join requests live
+        on live.course_id = ${course.id} and live.student_id = b.student_id and live.status in ('ENROLLED', 'WAITLISTED')
+    ),
+    contenders as (
+      select f.id, row_number() over (order by f.score, f.id) as seat_rank
+      from flagged f where f.nth_of_student = 1 and f.live_status is null
+    ),
+    decided as (
+      select f.id,
+        case when c.id is null then 'REJECTED' when c.seat_rank <= ${freeSeats}::int then 'ENROLLED' else 'WAITLISTED' end as status,
+        case when f.live_status = 'ENROLLED' then 'ALREADY_ENROLLED'
+             when f.live_status = 'WAITLISTED' then 'ALREADY_WAITLISTED'
+             when c.id is null then 'ALREADY_PENDING'
+             when c.seat_rank <= ${freeSeats}::int then ''
+             else 'COURSE_FULL' end as reason
+      from flagged f left join contenders c on c.id = f.id
+    ),
+    updated as (
+      update requests r
+      set status = d.status, reason = d.reason, decided_at = k.now, updated_at = k.now,
+          enrolled_at = case when d.status = 'ENROLLED' then k.now end
+      from decided d, clock k
+      where r.id = d.id and r.status = 'PENDING'
+      returning r.id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
+    )
+    select u.id, u.student_id, u.status, u.reason, u.created_at, u.decided_at, u.traceparent,
+      case when u.status = 'WAITLISTED' then
+        -- The snapshot predates this statement's updates, so this counts only earlier waiters, of
+        -- which those ranking after a new one (a boosted newcomer) move behind it.
+        ${course.waitlistLength}::int
+        - (select count(*) from requests w
+           where w.course_id = ${course.id} and w.status = 'WAITLISTED' and (w.score, w.id) > (u.score, u.id))::int
+        + (count(*) filter (where u.status = 'WAITLISTED') over (order by u.score, u.id))::int
+      end as waitlist_position
+    from updated u
+    order by u.score, u.id`;
+  return rows.map((row) => ({
+    id: row.id,
+    studentId: row.student_id,
+    status: row.status,
+    reason: row.reason,
+    createdAt: row.created_at,
+    decidedAt: row.decided_at,
+    traceparent: row.traceparent,
+    waitlistPosition: optionalInt(row.waitlist_position),
+  }));
+}
+
+/**
+ * Milliseconds until the course's first undecided request becomes eligible under the hold (0 when
+ * one is eligible now), or null when nothing is pending.
+ */
+export async function msUntilEligible(db: Db, courseId: string, holdMs: number): Promise<number | null> {
+  const [row] = await db`
+    select greatest(0, extract(epoch from (score + make_interval(secs => ${holdMs}::int / 1000.0) - clock_timestamp())) * 1000)::float8 as ms
+    from requests where course_id = ${courseId} and status = 'PENDING'
+    order by score, id limit 1`;
+  return row ? row.ms : null;
+}
+
+/** Courses with undecided requests (the safety net's and start-up's view of the work). */
+export async function selectCoursesWithPending(db: Db): Promise<string[]> {
+  const rows = await db`
+    select c.id from courses c
+    where exists (select 1 from requests r where r.course_id = c.id and r.status = 'PENDING')`;
+  return rows.map((row) => row.id as string);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waitlist: promotion and drops
+
+export interface PromotedRequest {
+  id: string;
+  studentId: string;
+  enrolledAt: Date;
+}
+
+/** Moves the first `count` waitlisted requests of a locked course to ENROLLED, in score order. */
+export async function promoteWaitlistHeads(tx: Tx, courseId: string, count: number): Promise<PromotedRequest[]> {
+  if (count <= 0) return [];
+  const rows = await tx`
+    with heads as (
+      select id, score from requests
+      where course_id = ${courseId} and status = 'WAITLISTED'
+      order by score, id limit ${count}
+    ),
+    clock as (select clock_timestamp() as now),
+    promoted as (
+      update requests r
+      set status = 'ENROLLED', reason = '', enrolled_at = k.now, updated_at = k.now
+      from heads h, clock k
+      where r.id = h.id
+      returning r.id, r.student_id, r.enrolled_at
+    )
+    select p.* from promoted p join heads h on h.id = p.id order by h.score, h.id`;
+  return rows
+    .map((row) => ({ id: row.id, studentId: row.student_id, enrolledAt: row.enrolled_at }));
+}
+
+/** Marks a live request DROPPED; returns when. */
+export async function markDropped(tx: Tx, requestId: string): Promise<Date> {
+  const [row] = await tx`
+    update requests set status = 'DROPPED', reason = '', dropped_at = clock_timestamp(), updated_at = clock_timestamp()
+    where id = ${requestId} and status in ('ENROLLED', 'WAITLISTED')
+    returning dropped_at`;
+  return row!.dropped_at;
+}
+
+export interface DropRecord {
+  idempotencyKey: string;
+  requestId: string;
+  courseId: string;
+  studentId: string;
+  previousStatus: "ENROLLED" | "WAITLISTED";
+  promotedRequestId: string | null;
+  promotedStudentId: string | null;
+  droppedAt: Date;
+}
+
+function toDrop(row: Row): DropRecord {
+  return {
+    idempotencyKey: row.idempotency_key,
+    requestId: row.request_id,
+    courseId: row.course_id,
+    studentId: row.student_id,
+    previousStatus: row.previous_status,
+    promotedRequestId: row.promoted_request_id,
+    promotedStudentId: row.promoted_student_id,
+    droppedAt: row.dropped_at,
+  };
+}
+
+/** The stored answer of a drop with this idempotency key, or null. */
+export async function selectDrop(db: Db, idempotencyKey: string): Promise<DropRecord | null> {
+  const [row] = await db`select * from drops where idempotency_key = ${idempotencyKey}`;
+  return row ? toDrop(row) : null;
+}
+
+/** Stores a drop's answer under its idempotency key. */
+export async function insertDrop(tx: Tx, drop: DropRecord): Promise<void> {
+  await tx`
+    insert into drops (idempotency_key, request_id, course_id, student_id, previous_status, promoted_request_id, promoted_student_id, dropped_at)
+    values (${drop.idempotencyKey}, ${drop.requestId}, ${drop.courseId}, ${drop.studentId}, ${drop.previousStatus},
+            ${drop.promotedRequestId}, ${drop.promotedStudentId}, ${drop.droppedAt})`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Observability
+
+/** Per-course gauges for /metrics: queue depth, seats taken, capacity. */
+export async function selectCourseGauges(db: Db): Promise<{ courseId: string; pending: number; seatsTaken: number; capacity: number }[]> {
+  const rows = await db`
+    select c.id, c.seats_taken, c.capacity, coalesce(p.n, 0)::int as pending
+    from courses c
+    left join (select course_id, count(*) as n from requests where status = 'PENDING' group by course_id) p on p.course_id = c.id`;
+  return rows.map((row) => ({ courseId: row.id, pending: row.pending, seatsTaken: row.seats_taken, capacity: row.capacity }));
+}
