@@ -465,6 +465,66 @@ export const CONFIG_REGISTRY = {
     default: fixed("5000"),
     parse: parsers.int(100, 60_000),
   }),
+  INGEST_MAX_BYTES: defineVar({
+    description: "Largest upload (all files of one job together); bigger uploads are refused while streaming (RESOURCE_EXHAUSTED / HTTP 413).",
+    readers: ["ingest"],
+    default: fixed(String(50 * 1024 * 1024)),
+    parse: parsers.int(1024, 1024 * 1024 * 1024),
+  }),
+  INGEST_CONCURRENCY: defineVar({
+    description: "Jobs one ingest process works on at once (each on its own worker thread).",
+    readers: ["ingest"],
+    default: fixed("3"),
+    parse: parsers.int(1, 64),
+  }),
+  INGEST_MAX_QUEUED: defineVar({
+    description: "PENDING and PROCESSING jobs above which uploads and retries are refused with QUEUE_FULL.",
+    readers: ["ingest"],
+    default: fixed("1000"),
+    parse: parsers.int(1, 1_000_000),
+  }),
+  INGEST_MAX_ATTEMPTS: defineVar({
+    description: "Processing attempts before a job FAILS and its work item goes to the DLQ.",
+    readers: ["ingest"],
+    default: fixed("3"),
+    parse: parsers.int(1, 20),
+  }),
+  INGEST_RETRY_BACKOFF_MS: defineVar({
+    description: "Wait before the first retry of a failed attempt; each further retry waits 5 times longer.",
+    readers: ["ingest"],
+    default: fixed("2000"),
+    parse: parsers.int(10, 600_000),
+  }),
+  INGEST_ACK_WAIT_MS: defineVar({
+    description: "A worker's claim on a job (and the work consumer's ack wait); heartbeats renew it every third. A killed worker's job is taken over after it.",
+    readers: ["ingest"],
+    default: fixed("30000"),
+    parse: parsers.int(300, 600_000),
+  }),
+  INGEST_JOB_TIMEOUT_MS: defineVar({
+    description: "Longest one processing attempt may run before it is stopped and counted as failed.",
+    readers: ["ingest"],
+    default: fixed("600000"),
+    parse: parsers.int(1000, 86_400_000),
+  }),
+  INGEST_SWEEP_INTERVAL_MS: defineVar({
+    description: "How often the sweeper removes stored PDFs no job refers to and requeues jobs whose worker vanished.",
+    readers: ["ingest"],
+    default: fixed("600000"),
+    parse: parsers.int(100, 86_400_000),
+  }),
+  INGEST_BLOB_GRACE_MS: defineVar({
+    description: "How long a stored PDF that no job refers to is kept before the sweeper removes it.",
+    readers: ["ingest"],
+    default: fixed("3600000"),
+    parse: parsers.int(0, 30 * 86_400_000),
+  }),
+  INGEST_DOCUMENTS_MAX_BYTES: defineVar({
+    description: "Size limit of the JetStream object store bucket `documents` (the server reserves it up front).",
+    readers: ["ingest"],
+    default: fixed(String(5 * 1024 * 1024 * 1024)),
+    parse: parsers.int(1024 * 1024, 1024 * 1024 * 1024 * 1024),
+  }),
 } as const satisfies Record<string, VarSpec<unknown>>;
 
 export type ConfigName = keyof typeof CONFIG_REGISTRY;
