@@ -1,0 +1,105 @@
+/**
+ * Writing events: `enqueue` puts an event in the service's `outbox` table inside the caller's
+ * transaction, so the state change and its event commit (or roll back) together. The relay
+ * (relay.ts) publishes it afterwards.
+ */
+import type { Tx } from "../db.ts";
+import { injectTraceContext } from "../telemetry.ts";
+import { streamForSubject } from "./streams.ts";
+
+/** An event to publish once the caller's transaction commits. */
+export interface OutboxEvent {
+  /** Without the deployment prefix: `<domain>.<event>.<key>`, e.g. `seats.changed.${monitorId}`. */
+  subject: string;
+  /** The message's full name, e.g. `coursemesh.events.v1.SeatsChanged`. */
+  type: string;
+  /** The proto3-JSON object of the message (e.g. `SeatsChanged.toJSON(msg)`); `eventId` and `occurredAt` are filled in. */
+  payload: Record<string, unknown>;
+  /** The aggregate the event is about (monitor, course, job); consumers order and drop stale events by it. */
+  aggregateId?: string;
+  /** The aggregate's version after this change; bump it (locking the aggregate's row) before enqueueing. */
+  aggregateVersion?: number | bigint;
+  /** A caller-chosen UUID; by default a fresh UUIDv7. */
+  eventId?: string;
+}
+
+/** NATS refuses messages over the server's max_payload (1 MiB by default); fail in the writer's transaction instead of wedging the relay. */
+export const MAX_EVENT_BYTES = 512 * 1024;
+
+const wakeListeners = new Set<() => void>();
+
+/** Subscribes a relay of this process to "an event was just written"; returns the unsubscribe. */
+export function onOutboxWrite(listener: () => void): () => void {
+  wakeListeners.add(listener);
+  return () => wakeListeners.delete(listener);
+}
+
+function wakeLocalRelays(): void {
+  for (const listener of wakeListeners) listener();
+}
+
+interface PreparedRow {
+  eventId: string;
+  subject: string;
+  type: string;
+  aggregateId: string | null;
+  aggregateVersion: string | null;
+  payload: string;
+}
+
+function prepare(event: OutboxEvent, occurredAt: string): PreparedRow {
+  streamForSubject(event.subject);
+  if (!event.type.includes(".")) throw new Error(`event type "${event.type}" must be the message's full name, e.g. coursemesh.events.v1.SeatsChanged`);
+  const eventId = event.eventId ?? Bun.randomUUIDv7();
+  const body: Record<string, unknown> = { ...event.payload, eventId };
+  body.occurredAt ??= occurredAt;
+  if (event.aggregateVersion !== undefined) body.aggregateVersion ??= Number(event.aggregateVersion);
+  const payload = JSON.stringify(body);
+  if (payload.length > MAX_EVENT_BYTES) {
+    throw new Error(`event ${event.type} on ${event.subject} is ${payload.length} bytes; the limit is ${MAX_EVENT_BYTES}`);
+  }
+  return {
+    eventId,
+    subject: event.subject,
+    type: event.type,
+    aggregateId: event.aggregateId ?? null,
+    aggregateVersion: event.aggregateVersion === undefined ? null : String(event.aggregateVersion),
+    payload,
+  };
+}
+
+/** Writes one event into the outbox inside `tx`; returns its event id (UUIDv7). */
+export async function enqueue(tx: Tx, event: OutboxEvent): Promise<string> {
+  const [eventId] = await enqueueMany(tx, [event]);
+  return eventId!;
+}
+
+/**
+ * Writes several events into the outbox inside `tx` with one statement, in the given order (a batch
+ * decision's events); returns their event ids. Each row keeps the active trace context.
+ */
+export async function enqueueMany(tx: Tx, events: readonly OutboxEvent[]): Promise<string[]> {
+  if (events.length === 0) return [];
+  const occurredAt = new Date().toISOString();
+  const rows = events.map((event) => prepare(event, occurredAt));
+  const trace = injectTraceContext({});
+  const traceparent = trace.traceparent ?? null;
+  const tracestate = trace.tracestate ?? null;
+  // unnest keeps one statement text for any batch size, so it is prepared once; `with ordinality`
+  // keeps the given order in the identity values.
+  await tx`
+    insert into outbox (event_id, subject, event_type, aggregate_id, aggregate_version, payload, traceparent, tracestate)
+    select e.event_id, e.subject, e.event_type, e.aggregate_id, e.aggregate_version, e.payload::jsonb, ${traceparent}, ${tracestate}
+    from unnest(
+      ${rows.map((r) => r.eventId)}::uuid[],
+      ${rows.map((r) => r.subject)}::text[],
+      ${rows.map((r) => r.type)}::text[],
+      ${rows.map((r) => r.aggregateId)}::text[],
+      ${rows.map((r) => r.aggregateVersion)}::bigint[],
+      ${rows.map((r) => r.payload)}::text[]
+    ) with ordinality as e(event_id, subject, event_type, aggregate_id, aggregate_version, payload, position)
+    order by e.position`;
+  // The relay may look before this transaction commits; it looks again shortly after a wake-up.
+  wakeLocalRelays();
+  return rows.map((r) => r.eventId);
+}
