@@ -1,0 +1,432 @@
+/**
+ * The outbox relay: one per service (an advisory lock elects it; other replicas stand by), it
+ * publishes outbox rows to JetStream in id order, pipelined, and deletes what JetStream acknowledged.
+ *
+ * Ordering. Rows of one aggregate get ids in commit order (see 00001_outbox.sql), and a read that
+ * sees a later event of an aggregate also sees every earlier one. Reads continue after the highest
+ * id read so far, and each also counts the rows at or below it: more than the relay itself still
+ * holds means a transaction that took a lower id committed late, and those rows go out before the
+ * new ones. On the wire, order survives failures because the relay publishes on a connection of its
+ * own that never reconnects: nats.js would otherwise replay publishes buffered while it was
+ * reconnecting, after earlier ones were lost with the old socket. A dead connection is closed, a new
+ * one dialled, and publishing restarts from the oldest row not yet acknowledged; JetStream drops
+ * the repeats by `Nats-Msg-Id`.
+ *
+ * The lock lives on a dedicated single-connection client rather than `sql.reserve()`: a reserved
+ * postgres.js connection whose backend dies hangs its next query and throws from a timer, while a
+ * dedicated client reports the close (we stop leading at once) and reconnects for the next attempt.
+ */
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { jetstream } from "@nats-io/jetstream";
+import { Counter, Gauge } from "prom-client";
+import postgres from "postgres";
+import { advisoryKey, type Sql } from "../db.ts";
+import type { Logger } from "../logger.ts";
+import { registry } from "../metrics.ts";
+import { onOutboxWrite } from "./outbox.ts";
+import { publishEvent, storedTraceContext } from "./publish.ts";
+
+export interface RelayOptions {
+  /** The service's pool (its schema first on the search_path); the relay derives its lock connection from it. */
+  sql: Sql;
+  /** NATS servers; the relay dials its own connection (see the module comment). */
+  natsServers: string[];
+  /** Names spans (`<service>.publish`), the lock and the NOTIFY channel's log lines. */
+  service: string;
+  /** NATS_PREFIX of the deployment. */
+  prefix: string;
+  logger: Logger;
+  /** Rows per read. */
+  batchSize?: number;
+  /** Publishes awaiting JetStream's ack at once. */
+  maxInFlight?: number;
+  /** Acknowledged rows deleted per statement. */
+  deleteBatchSize?: number;
+  /** How often an idle leader looks for rows nobody woke it for. */
+  pollIntervalMs?: number;
+  /** How often a standby tries to take the lock. */
+  standbyRetryMs?: number;
+  publishTimeoutMs?: number;
+  /** A standby turns a burst of local writes into one NOTIFY at most this often. */
+  notifyDebounceMs?: number;
+  /** Called for every row JetStream acknowledged (benchmarks, tests). */
+  onPublished?: (event: PublishedEvent) => void;
+}
+
+export interface PublishedEvent {
+  eventId: string;
+  subject: string;
+  stream: string;
+  seq: number;
+  duplicate: boolean;
+}
+
+export interface Relay {
+  /** Whether this replica holds the lock and publishes. */
+  readonly leading: boolean;
+  /** Look for new rows now (writers in this process do this through `enqueue`). */
+  wake(): void;
+  /** Resolves when this replica starts leading. */
+  whenLeading(): Promise<void>;
+  /** Stops reading, waits for in-flight publishes, deletes what was acknowledged, releases the lock. */
+  stop(): Promise<void>;
+}
+
+interface OutboxRow {
+  id: number;
+  eventId: string;
+  subject: string;
+  type: string;
+  aggregateId: string | null;
+  aggregateVersion: string | null;
+  payload: string;
+  traceparent: string | null;
+  tracestate: string | null;
+}
+
+const publishedTotal = new Counter({
+  name: "coursemesh_outbox_published_total",
+  help: "Outbox rows JetStream acknowledged, by duplicate (already stored).",
+  labelNames: ["duplicate"] as const,
+  registers: [registry],
+});
+const restartsTotal = new Counter({
+  name: "coursemesh_outbox_relay_restarts_total",
+  help: "Times the relay restarted from the oldest unpublished row after an error.",
+  registers: [registry],
+});
+const leaderGauge = new Gauge({
+  name: "coursemesh_outbox_relay_leader",
+  help: "1 while this process's relay holds the lock and publishes.",
+  registers: [registry],
+});
+
+/** A one-slot wake-up: `notify` before `wait` is not lost. */
+class Wakeup {
+  private pending = false;
+  private waiter: (() => void) | undefined;
+
+  notify(): void {
+    this.pending = true;
+    const waiter = this.waiter;
+    this.waiter = undefined;
+    waiter?.();
+  }
+
+  async wait(ms: number): Promise<void> {
+    if (!this.pending && ms > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          this.waiter = undefined;
+          resolve();
+        }, ms);
+        this.waiter = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+    this.pending = false;
+  }
+}
+
+class LeadershipLost extends Error {
+  override name = "LeadershipLost";
+}
+
+/** Starts the relay of the service whose schema `sql` uses; it leads or stands by until `stop()`. */
+export async function startRelay(options: RelayOptions): Promise<Relay> {
+  const { sql, logger, service, prefix } = options;
+  const batchSize = options.batchSize ?? 500;
+  const maxInFlight = options.maxInFlight ?? 2048;
+  const deleteBatchSize = options.deleteBatchSize ?? 500;
+  const pollIntervalMs = options.pollIntervalMs ?? 1000;
+  const standbyRetryMs = options.standbyRetryMs ?? 2000;
+  const publishTimeoutMs = options.publishTimeoutMs ?? 5000;
+  const notifyDebounceMs = options.notifyDebounceMs ?? 25;
+
+  const [{ schema }] = (await sql`select current_schema() as schema`) as unknown as [{ schema: string }];
+  const lockKey = advisoryKey(`coursemesh.outbox.relay.${schema}`).toString();
+  const channel = `coursemesh_outbox_${schema}`;
+  const log = logger.child({ component: "outbox-relay", schema });
+
+  // Bumped whenever the lock connection closes: a lock taken in an older generation is gone.
+  let lockGeneration = 0;
+  const lockSql = postgres({
+    ...sql.options,
+    max: 1,
+    idle_timeout: null,
+    max_lifetime: null,
+    onclose: () => {
+      lockGeneration++;
+      activity.notify();
+    },
+  } as unknown as postgres.Options<{}>);
+
+  let stopping = false;
+  let leading = false;
+  let lastWakeAt = 0;
+  const activity = new Wakeup();
+  const standby = new Wakeup();
+  let leadingWaiters: (() => void)[] = [];
+  let notifyTimer: ReturnType<typeof setTimeout> | undefined;
+
+  function wake(): void {
+    lastWakeAt = performance.now();
+    activity.notify();
+  }
+
+  const unsubscribeWrites = onOutboxWrite(() => {
+    if (leading) return wake();
+    // A standby's process wrote an event: tell the leader elsewhere, once per debounce window.
+    notifyTimer ??= setTimeout(() => {
+      notifyTimer = undefined;
+      sql`select pg_notify(${channel}, '')`.catch((error) => log.warn({ err: error }, "outbox NOTIFY failed; the leader will find the rows when it polls"));
+    }, notifyDebounceMs);
+  });
+
+  let unlisten: (() => Promise<void>) | undefined;
+  try {
+    ({ unlisten } = await sql.listen(channel, () => {
+      if (leading) wake();
+    }));
+  } catch (error) {
+    log.warn({ err: error }, "LISTEN failed; the relay relies on polling");
+  }
+
+  async function tryLock(): Promise<number | undefined> {
+    const generation = lockGeneration;
+    const [row] = await lockSql`select pg_try_advisory_lock(${lockKey}::bigint) as locked`;
+    if (!row?.locked) return undefined;
+    if (generation !== lockGeneration) {
+      // The connection changed under the query: we cannot tell which one holds the lock, so let go.
+      await lockSql`select pg_advisory_unlock(${lockKey}::bigint)`.catch(() => {});
+      return undefined;
+    }
+    return generation;
+  }
+
+  async function lead(generation: number): Promise<void> {
+    const lost = () => generation !== lockGeneration;
+    let failures = 0;
+    while (!stopping && !lost()) {
+      let nc: NatsConnection;
+      try {
+        nc = await connect({
+          servers: options.natsServers,
+          name: `coursemesh-${service}-outbox-relay`,
+          reconnect: false,
+          timeout: 5000,
+          pingInterval: 10_000,
+          maxPingOut: 2,
+          // A stack trace captured per publish costs more than the publish; errors here need none.
+          noAsyncTraces: true,
+        });
+      } catch (error) {
+        failures++;
+        log.warn({ err: error, attempt: failures }, "outbox relay cannot reach NATS; rows wait in the outbox");
+        await activity.wait(Math.min(250 * 2 ** Math.min(failures, 5), 5000));
+        continue;
+      }
+      try {
+        await pump(nc, lost);
+        failures = 0;
+      } catch (error) {
+        if (error instanceof LeadershipLost) throw error;
+        failures++;
+        restartsTotal.inc();
+        log.warn({ err: error, attempt: failures }, "outbox relay restarting from the oldest unpublished row");
+      } finally {
+        if (!nc.isClosed()) await nc.close().catch(() => {});
+      }
+      if (!stopping && !lost() && failures > 0) await activity.wait(Math.min(50 * 2 ** Math.min(failures, 7), 5000));
+    }
+    if (lost()) throw new LeadershipLost("the relay's lock connection closed");
+  }
+
+  /** One publishing session on one NATS connection; returns on stop, throws on any failure. */
+  async function pump(nc: NatsConnection, lost: () => boolean): Promise<void> {
+    const js = jetstream(nc, { timeout: publishTimeoutMs });
+    const target = { js, prefix, service, timeoutMs: publishTimeoutMs };
+    // Highest id read in this session; rows above it are new, rows at or below it late or ours.
+    let maxRead = 0;
+    // Ids read whose delete has not been issued: the rows at or below maxRead we expect to see.
+    const retained = new Set<number>();
+    let acked: number[] = [];
+    let unsettled = 0;
+    let failure: unknown;
+    const deletes = new Set<Promise<unknown>>();
+
+    const fail = (error: unknown) => {
+      failure ??= error;
+      // Close at once: nothing queued behind a failed publish may reach the stream ahead of it.
+      if (!nc.isClosed()) void nc.close().catch(() => {});
+      activity.notify();
+    };
+    void nc.closed().then((error) => fail(error ?? new Error("NATS connection closed")));
+
+    function issueDeletes(): void {
+      if (acked.length === 0) return;
+      const ids = acked;
+      acked = [];
+      // The lock client has one connection, so this delete runs before any later read counts rows.
+      for (const id of ids) retained.delete(id);
+      const deletion = lockSql`delete from outbox where id = any(${ids}::bigint[])`.catch(fail);
+      deletes.add(deletion);
+      void deletion.finally(() => deletes.delete(deletion));
+    }
+
+    function publish(row: OutboxRow): void {
+      unsettled++;
+      publishEvent(
+        target,
+        {
+          eventId: row.eventId,
+          subject: row.subject,
+          type: row.type,
+          aggregateId: row.aggregateId,
+          aggregateVersion: row.aggregateVersion,
+          body: row.payload,
+        },
+        storedTraceContext(row.traceparent, row.tracestate),
+      ).then(
+        (ack) => {
+          unsettled--;
+          acked.push(row.id);
+          publishedTotal.inc({ duplicate: String(ack.duplicate) });
+          options.onPublished?.({ eventId: row.eventId, subject: row.subject, stream: ack.stream, seq: ack.seq, duplicate: ack.duplicate });
+          if (unsettled === 0 || unsettled === maxInFlight - batchSize) activity.notify();
+        },
+        (error) => {
+          unsettled--;
+          fail(error);
+        },
+      );
+    }
+
+    try {
+      while (!stopping && failure === undefined && !lost()) {
+        if (acked.length >= deleteBatchSize || (unsettled === 0 && acked.length > 0)) issueDeletes();
+        if (unsettled > maxInFlight - batchSize) {
+          await activity.wait(publishTimeoutMs);
+          continue;
+        }
+        const rows = await readBatch(maxRead, retained, Math.min(batchSize, maxInFlight - unsettled));
+        if (failure !== undefined || stopping || lost()) break;
+        if (rows.length === 0) {
+          issueDeletes();
+          const recentlyWoken = performance.now() - lastWakeAt < 250;
+          // A writer wakes us before its commit is visible, so look again soon after a wake-up.
+          await activity.wait(unsettled > 0 ? publishTimeoutMs : recentlyWoken ? 10 : pollIntervalMs);
+          continue;
+        }
+        for (const row of rows) {
+          retained.add(row.id);
+          if (row.id > maxRead) maxRead = row.id;
+          publish(row);
+        }
+      }
+    } finally {
+      if (lost()) fail(new LeadershipLost("the relay's lock connection closed"));
+      // Let every publish settle (acked, failed, or rejected by a closed connection) and delete the acked.
+      const deadline = performance.now() + publishTimeoutMs + 1000;
+      while (unsettled > 0 && performance.now() < deadline) await activity.wait(50);
+      if (!lost()) issueDeletes();
+      await Promise.all(deletes);
+    }
+    if (lost()) throw new LeadershipLost("the relay's lock connection closed");
+    if (failure !== undefined) throw failure;
+  }
+
+  async function readBatch(maxRead: number, retained: Set<number>, limit: number): Promise<OutboxRow[]> {
+    const result = await lockSql`
+      with below as (select count(*)::int as n from outbox where id <= ${maxRead})
+      select below.n as rows_below, o.id::text as id, o.event_id::text as event_id, o.subject, o.event_type,
+             o.aggregate_id, o.aggregate_version::text as aggregate_version, o.payload::text as payload,
+             o.traceparent, o.tracestate
+      from below left join lateral (
+        select * from outbox where id > ${maxRead} order by id limit ${limit}
+      ) o on true
+      order by o.id`;
+    const fresh = result.filter((r) => r.id !== null).map(toRow);
+    const rowsBelow = (result[0]?.rows_below as number | undefined) ?? 0;
+    if (rowsBelow <= retained.size) return fresh;
+    // Some transaction that took a lower id committed after we read past it: it goes out first.
+    const late = await lockSql`
+      select id::text as id, event_id::text as event_id, subject, event_type, aggregate_id,
+             aggregate_version::text as aggregate_version, payload::text as payload, traceparent, tracestate
+      from outbox
+      where id <= ${maxRead} and id <> all(${[...retained]}::bigint[])
+      order by id`;
+    if (late.length > 0) log.debug({ late: late.length }, "outbox rows committed out of id order");
+    return [...late.map(toRow), ...fresh];
+  }
+
+  function toRow(r: postgres.Row): OutboxRow {
+    return {
+      id: Number(r.id),
+      eventId: r.event_id,
+      subject: r.subject,
+      type: r.event_type,
+      aggregateId: r.aggregate_id,
+      aggregateVersion: r.aggregate_version,
+      payload: r.payload,
+      traceparent: r.traceparent,
+      tracestate: r.tracestate,
+    };
+  }
+
+  const running = (async () => {
+    while (!stopping) {
+      let generation: number | undefined;
+      try {
+        generation = await tryLock();
+      } catch (error) {
+        log.warn({ err: error }, "outbox relay cannot reach Postgres to take the lock");
+      }
+      if (generation === undefined) {
+        await standby.wait(standbyRetryMs);
+        continue;
+      }
+      leading = true;
+      leaderGauge.set(1);
+      log.info("outbox relay leading");
+      for (const resolve of leadingWaiters) resolve();
+      leadingWaiters = [];
+      try {
+        await lead(generation);
+      } catch (error) {
+        log.warn({ err: error }, "outbox relay stopped leading");
+      } finally {
+        leading = false;
+        leaderGauge.set(0);
+      }
+      if (generation === lockGeneration) {
+        await lockSql`select pg_advisory_unlock(${lockKey}::bigint)`.catch(() => {});
+      }
+      if (!stopping) await standby.wait(standbyRetryMs);
+    }
+  })();
+
+  return {
+    get leading() {
+      return leading;
+    },
+    wake,
+    whenLeading() {
+      return leading ? Promise.resolve() : new Promise<void>((resolve) => leadingWaiters.push(resolve));
+    },
+    async stop() {
+      if (stopping) return running;
+      stopping = true;
+      unsubscribeWrites();
+      if (notifyTimer) clearTimeout(notifyTimer);
+      activity.notify();
+      standby.notify();
+      await running;
+      await unlisten?.().catch(() => {});
+      await lockSql.end({ timeout: 5 });
+      log.info("outbox relay stopped");
+    },
+  };
+}
