@@ -1,0 +1,426 @@
+/**
+ * The consumer loop: a durable pull consumer whose handler runs inside a Postgres transaction that
+ * also records the event as consumed, acked only after that transaction commits. A redelivery (a
+ * crash between commit and ack, or a republish beyond JetStream's duplicate window) finds the
+ * `consumed_events` row and is acked without effect; an event older than the aggregate version the
+ * consumer already applied is acked and skipped. Transient failures are retried with `nak(delay)`;
+ * poison, or a failure on the last attempt, is copied to the DLQ stream with the error and
+ * terminated.
+ */
+import {
+  AckPolicy,
+  DeliverPolicy,
+  JetStreamApiError,
+  JetStreamApiCodes,
+  jetstream,
+  jetstreamManager,
+  type ConsumerConfig,
+  type ConsumerMessages,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+} from "@nats-io/jetstream";
+import { headers as natsHeaders, type NatsConnection } from "@nats-io/transport-node";
+import { Counter } from "prom-client";
+import type { Sql, Tx } from "../db.ts";
+import type { Logger } from "../logger.ts";
+import { registry } from "../metrics.ts";
+import { extractTraceContext, recordError, SpanKind, withSpan } from "../telemetry.ts";
+import { EventHeader, headersToObject, headerValue } from "./publish.ts";
+import { consumerName, prefixedSubject, streamName, unprefixedSubject, type StreamName } from "./streams.ts";
+
+/** An event as a handler sees it. */
+export interface ConsumedEvent<T = Record<string, unknown>> {
+  eventId: string;
+  /** The message's full name (`Coursemesh-Event`). */
+  type: string;
+  /** Without the deployment prefix. */
+  subject: string;
+  aggregateId: string | null;
+  aggregateVersion: number | null;
+  /** The proto3-JSON body, parsed (e.g. `SeatsChanged.fromJSON(event.payload)`). */
+  payload: T;
+  headers: Record<string, string>;
+  /** 1 on the first delivery. */
+  deliveryCount: number;
+  streamSequence: number;
+}
+
+/**
+ * Runs inside the consumer's transaction: write your changes with `tx`. Throw `PoisonEventError` for
+ * an event that can never succeed; anything else is retried. For work longer than the ack wait,
+ * the loop calls `msg.working()` for you.
+ */
+export type EventHandler<T> = (tx: Tx, event: ConsumedEvent<T>, msg: JsMsg) => Promise<void>;
+
+/** Thrown by a handler (or the loop) for an event that will never succeed: it goes to the DLQ at once. */
+export class PoisonEventError extends Error {
+  override name = "PoisonEventError";
+}
+
+export interface ConsumerOptions<T> {
+  sql: Sql;
+  nats: NatsConnection;
+  /** Names spans (`<service>.process`) and the DLQ subject `dlq.<service>.<durable>`. */
+  service: string;
+  /** NATS_PREFIX of the deployment. */
+  prefix: string;
+  logger: Logger;
+  stream: StreamName;
+  /** The durable consumer's name (letters, digits, - and _); also its key in `consumed_events`. */
+  durable: string;
+  /** Subjects without the prefix; all of the stream when left out. More than one needs nats-server 2.10+. */
+  filterSubjects?: string[];
+  handler: EventHandler<T>;
+  /** Handlers running at once (events of one aggregate still run one at a time, in order). */
+  concurrency?: number;
+  /** Messages delivered but not yet acked, across all replicas of this consumer. */
+  maxAckPending?: number;
+  /** Deliveries before a failing event is dead-lettered. */
+  maxDeliver?: number;
+  /** Delay before redelivery after the n-th failed attempt (the last entry repeats). */
+  backoffMs?: number[];
+  ackWaitMs?: number;
+  /**
+   * Ack and skip an event whose aggregate_version is not above the last one applied. Right for
+   * events that carry state; turn it off for a stream of facts that must each be handled.
+   */
+  skipStaleVersions?: boolean;
+  /** How long `consumed_events` rows are kept; longer than the stream's max_age. */
+  dedupeRetentionMs?: number;
+}
+
+export type ConsumeOutcome = "applied" | "duplicate" | "stale" | "retried" | "dead-lettered";
+
+export interface RunningConsumer {
+  /** Counts of outcomes since start. */
+  stats(): Record<ConsumeOutcome, number>;
+  /** Stops fetching, finishes the handlers in flight, and returns. */
+  stop(): Promise<void>;
+}
+
+const consumedTotal = new Counter({
+  name: "coursemesh_events_consumed_total",
+  help: "Events a consumer finished with, by consumer and outcome.",
+  labelNames: ["consumer", "outcome"] as const,
+  registers: [registry],
+});
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const DURABLE = /^[A-Za-z0-9_-]+$/;
+const nanos = (ms: number) => ms * 1_000_000;
+const decoder = new TextDecoder();
+
+/** Failures of our own infrastructure, not of the event: retried for as long as they last, never dead-lettered. */
+export function isInfrastructureError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code !== "string") return false;
+  return (
+    code.startsWith("CONNECTION_") ||
+    code === "CONNECT_TIMEOUT" ||
+    code === "ECONNREFUSED" ||
+    code === "ECONNRESET" ||
+    code.startsWith("08") || // connection exception
+    code === "57P01" || // admin shutdown
+    code === "57P03" || // cannot connect now
+    code === "53300" || // too many connections
+    code === "40001" || // serialization failure
+    code === "40P01" // deadlock
+  );
+}
+
+/** Parses a delivered message into an event; a message without our headers or with bad JSON is poison. */
+export function parseEvent<T>(msg: JsMsg, prefix: string): ConsumedEvent<T> {
+  const headers = headersToObject(msg.headers);
+  const type = headers[EventHeader.Event] ?? "";
+  if (!type) throw new PoisonEventError(`message ${msg.seq} on ${msg.subject} has no ${EventHeader.Event} header`);
+  let payload: T;
+  try {
+    payload = JSON.parse(decoder.decode(msg.data)) as T;
+  } catch (error) {
+    throw new PoisonEventError(`message ${msg.seq} (${type}) is not JSON: ${(error as Error).message}`);
+  }
+  // The body's eventId is the event's identity; Nats-Msg-Id equals it unless someone republished
+  // the event (a DLQ re-drive) under a new one, which must still dedupe.
+  const bodyId = (payload as { eventId?: unknown } | null)?.eventId;
+  const eventId = typeof bodyId === "string" && UUID.test(bodyId) ? bodyId : (headers[EventHeader.MsgId] ?? "");
+  if (!UUID.test(eventId)) throw new PoisonEventError(`message ${msg.seq} (${type}) has no UUID eventId in its body or ${EventHeader.MsgId} header`);
+  const rawVersion = headers[EventHeader.AggregateVersion];
+  const aggregateVersion = rawVersion === undefined || rawVersion === "" ? null : Number(rawVersion);
+  if (aggregateVersion !== null && !Number.isSafeInteger(aggregateVersion)) {
+    throw new PoisonEventError(`event ${eventId} has a bad ${EventHeader.AggregateVersion} "${rawVersion}"`);
+  }
+  return {
+    eventId,
+    type,
+    subject: unprefixedSubject(prefix, msg.subject),
+    aggregateId: headers[EventHeader.AggregateId] || null,
+    aggregateVersion,
+    payload,
+    headers,
+    deliveryCount: msg.info.deliveryCount,
+    streamSequence: msg.seq,
+  };
+}
+
+/** Creates the durable consumer, or updates the settings that may change on a live one. */
+async function ensureConsumer(jsm: JetStreamManager, stream: string, config: Partial<ConsumerConfig> & { durable_name: string }): Promise<void> {
+  try {
+    const info = await jsm.consumers.info(stream, config.durable_name);
+    const current = info.config;
+    const changed =
+      current.ack_wait !== config.ack_wait ||
+      current.max_ack_pending !== config.max_ack_pending ||
+      current.max_deliver !== config.max_deliver ||
+      (current.filter_subject ?? "") !== (config.filter_subject ?? "") ||
+      JSON.stringify(current.filter_subjects ?? []) !== JSON.stringify(config.filter_subjects ?? []);
+    if (changed) {
+      const { durable_name: _durable, deliver_policy: _deliver, ack_policy: _ack, ...updatable } = config;
+      await jsm.consumers.update(stream, config.durable_name, updatable);
+    }
+  } catch (error) {
+    if (!(error instanceof JetStreamApiError && error.code === JetStreamApiCodes.ConsumerNotFound)) throw error;
+    await jsm.consumers.add(stream, config);
+  }
+}
+
+/** A counting semaphore for the handlers in flight. */
+class Slots {
+  private free: number;
+  private waiters: (() => void)[] = [];
+  constructor(size: number) {
+    this.free = size;
+  }
+  async acquire(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((resolve) => this.waiters.push(resolve));
+  }
+  release(): void {
+    const next = this.waiters.shift();
+    if (next) next();
+    else this.free++;
+  }
+}
+
+/** Starts a durable consumer loop that restarts itself after failures until `stop()`. */
+export async function startConsumer<T = Record<string, unknown>>(options: ConsumerOptions<T>): Promise<RunningConsumer> {
+  const { sql, nats, service, prefix, durable, handler } = options;
+  if (!DURABLE.test(durable)) throw new Error(`durable "${durable}" must be letters, digits, - and _`);
+  const concurrency = options.concurrency ?? 4;
+  const maxDeliver = options.maxDeliver ?? 5;
+  const backoffMs = options.backoffMs?.length ? options.backoffMs : [1000, 5000, 15_000, 60_000];
+  const ackWaitMs = options.ackWaitMs ?? 30_000;
+  const skipStale = options.skipStaleVersions ?? true;
+  const retentionSeconds = Math.round((options.dedupeRetentionMs ?? 30 * 24 * 60 * 60 * 1000) / 1000);
+  const stream = streamName(prefix, options.stream);
+  const name = consumerName(prefix, durable);
+  const dlqSubject = prefixedSubject(prefix, `dlq.${service}.${durable}`);
+  const log = options.logger.child({ component: "event-consumer", stream, consumer: name });
+  const filters = (options.filterSubjects ?? []).map((s) => prefixedSubject(prefix, s));
+
+  const jsm = await jetstreamManager(nats);
+  const js: JetStreamClient = jetstream(nats);
+  const config: Partial<ConsumerConfig> & { durable_name: string } = {
+    durable_name: name,
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.All,
+    ack_wait: nanos(ackWaitMs),
+    // The loop counts attempts itself; the server never silently drops a message.
+    max_deliver: -1,
+    max_ack_pending: options.maxAckPending ?? concurrency * 4,
+    ...(filters.length === 1 ? { filter_subject: filters[0] } : filters.length > 1 ? { filter_subjects: filters } : {}),
+  };
+  await ensureConsumer(jsm, stream, config);
+
+  const stats: Record<ConsumeOutcome, number> = { applied: 0, duplicate: 0, stale: 0, retried: 0, "dead-lettered": 0 };
+  const count = (outcome: ConsumeOutcome) => {
+    stats[outcome]++;
+    consumedTotal.inc({ consumer: name, outcome });
+  };
+  const slots = new Slots(concurrency);
+  const inFlight = new Set<Promise<void>>();
+  // Events of one aggregate run one after another, in delivery order, within this process.
+  const aggregateChains = new Map<string, Promise<void>>();
+  let stopping = false;
+  let messages: ConsumerMessages | undefined;
+
+  function serialized(key: string | null, work: () => Promise<void>): Promise<void> {
+    if (!key) return work();
+    const previous = aggregateChains.get(key) ?? Promise.resolve();
+    const run = previous.then(work);
+    aggregateChains.set(key, run);
+    void run.finally(() => {
+      if (aggregateChains.get(key) === run) aggregateChains.delete(key);
+    });
+    return run;
+  }
+
+  function retryDelay(deliveryCount: number): number {
+    return backoffMs[Math.min(deliveryCount - 1, backoffMs.length - 1)]!;
+  }
+
+  async function deadLetter(msg: JsMsg, error: unknown, reason: "poison" | "attempts", eventId: string | undefined): Promise<void> {
+    const message = error instanceof Error ? error.message : String(error);
+    const h = natsHeaders();
+    for (const [key, value] of Object.entries(headersToObject(msg.headers))) {
+      if (key !== EventHeader.MsgId) h.set(key, value);
+    }
+    h.set(EventHeader.DeadLetterError, headerValue(message || "unknown error"));
+    h.set(EventHeader.DeadLetterReason, reason);
+    h.set(EventHeader.DeadLetterDeliveries, String(msg.info.deliveryCount));
+    h.set(EventHeader.DeadLetterConsumer, name);
+    h.set(EventHeader.DeadLetterStream, stream);
+    h.set(EventHeader.DeadLetterSubject, msg.subject);
+    h.set(EventHeader.DeadLetterSequence, String(msg.seq));
+    try {
+      await js.publish(dlqSubject, msg.data, { msgID: `${name}:${eventId ?? `${stream}:${msg.seq}`}`, headers: h });
+    } catch (publishError) {
+      // Not on the DLQ yet, so not terminated either: try again later.
+      log.error({ err: publishError, seq: msg.seq }, "dead-lettering failed; the event will be redelivered");
+      msg.nak(retryDelay(msg.info.deliveryCount));
+      count("retried");
+      return;
+    }
+    msg.term();
+    count("dead-lettered");
+    log.error({ err: error, eventId, seq: msg.seq, reason, deliveries: msg.info.deliveryCount, dlq: dlqSubject }, "event dead-lettered");
+  }
+
+  async function apply(event: ConsumedEvent<T>, msg: JsMsg): Promise<"applied" | "duplicate" | "stale"> {
+    return (await sql.begin(async (tx) => {
+      const [fresh] = await tx`
+        insert into consumed_events (consumer, event_id) values (${durable}, ${event.eventId})
+        on conflict do nothing returning true as fresh`;
+      if (!fresh) return "duplicate";
+      if (skipStale && event.aggregateId !== null && event.aggregateVersion !== null) {
+        const [newer] = await tx`
+          insert into consumer_aggregate_versions as applied (consumer, aggregate_id, version)
+          values (${durable}, ${event.aggregateId}, ${event.aggregateVersion})
+          on conflict (consumer, aggregate_id) do update set version = excluded.version, updated_at = now()
+          where applied.version < excluded.version
+          returning true as newer`;
+        if (!newer) return "stale";
+      }
+      await handler(tx, event, msg);
+      return "applied";
+    })) as "applied" | "duplicate" | "stale";
+  }
+
+  async function handle(msg: JsMsg): Promise<void> {
+    // Keeps the message ours while it waits behind its aggregate and while the handler runs.
+    const heartbeat = setInterval(() => msg.working(), Math.max(200, Math.floor(ackWaitMs / 3)));
+    try {
+      let event: ConsumedEvent<T>;
+      try {
+        event = parseEvent<T>(msg, prefix);
+      } catch (error) {
+        return await deadLetter(msg, error, "poison", headersToObject(msg.headers)[EventHeader.MsgId]);
+      }
+      await serialized(event.aggregateId, () =>
+        withSpan(
+          `${service}.process`,
+          {
+            kind: SpanKind.CONSUMER,
+            parent: extractTraceContext(event.headers),
+            attributes: {
+              "messaging.system": "nats",
+              "messaging.operation.type": "process",
+              "messaging.operation.name": "process",
+              "messaging.destination.name": msg.subject,
+              "messaging.consumer.group.name": name,
+              "messaging.message.id": event.eventId,
+              "messaging.message.body.size": msg.data.byteLength,
+              "messaging.nats.stream": stream,
+              "messaging.nats.sequence": msg.seq,
+              "messaging.nats.delivery_count": event.deliveryCount,
+              "coursemesh.event.type": event.type,
+            },
+          },
+          async (span) => {
+            try {
+              const outcome = await apply(event, msg);
+              msg.ack();
+              span.setAttribute("coursemesh.event.outcome", outcome);
+              count(outcome);
+            } catch (error) {
+              recordError(span, error);
+              if (error instanceof PoisonEventError) {
+                await deadLetter(msg, error, "poison", event.eventId);
+              } else if (!isInfrastructureError(error) && event.deliveryCount >= maxDeliver) {
+                await deadLetter(msg, error, "attempts", event.eventId);
+              } else {
+                msg.nak(retryDelay(event.deliveryCount));
+                count("retried");
+                log.warn({ err: error, eventId: event.eventId, deliveries: event.deliveryCount }, "event failed; it will be redelivered");
+              }
+            }
+          },
+        ),
+      );
+    } finally {
+      clearInterval(heartbeat);
+    }
+  }
+
+  let lastPrune = 0;
+  async function pruneConsumed(): Promise<void> {
+    if (Date.now() - lastPrune < 60 * 60 * 1000) return;
+    lastPrune = Date.now();
+    await sql`
+      delete from consumed_events
+      where consumer = ${durable} and consumed_at < now() - make_interval(secs => ${retentionSeconds})`.catch((error) =>
+      log.warn({ err: error }, "pruning consumed_events failed"),
+    );
+  }
+
+  const running = (async () => {
+    let failures = 0;
+    while (!stopping) {
+      try {
+        void pruneConsumed();
+        const consumer = await js.consumers.get(stream, name);
+        messages = await consumer.consume({ max_messages: concurrency, expires: 30_000 });
+        if (stopping) messages.stop();
+        for await (const msg of messages) {
+          failures = 0;
+          await slots.acquire();
+          if (stopping) {
+            slots.release();
+            msg.nak();
+            continue;
+          }
+          const work = handle(msg)
+            .catch((error) => log.error({ err: error, seq: msg.seq }, "event handling failed unexpectedly"))
+            .finally(() => {
+              slots.release();
+              inFlight.delete(work);
+            });
+          inFlight.add(work);
+        }
+      } catch (error) {
+        failures++;
+        log.warn({ err: error, attempt: failures }, "consumer loop failed; restarting");
+      }
+      if (stopping) break;
+      await Bun.sleep(Math.min(200 * 2 ** Math.min(failures, 5), 5000));
+      try {
+        await ensureConsumer(jsm, stream, config);
+      } catch (error) {
+        log.warn({ err: error }, "cannot ensure the durable consumer; retrying");
+      }
+    }
+  })();
+
+  return {
+    stats: () => ({ ...stats }),
+    async stop() {
+      stopping = true;
+      messages?.stop();
+      await running;
+      await Promise.all(inFlight);
+    },
+  };
+}
