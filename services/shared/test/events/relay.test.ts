@@ -1,0 +1,181 @@
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { randomBytes } from "node:crypto";
+import { context, ROOT_CONTEXT, trace, TraceFlags } from "@opentelemetry/api";
+import { enqueue, enqueueMany, startRelay, streamName, type PublishedEvent, type Relay } from "../../src/events/index.ts";
+import { startTelemetry } from "../../src/telemetry.ts";
+import { TEST_NATS_URL } from "../../src/testing/harness.ts";
+import { readStream, setupEventsTest, spawnFixture, waitUntil, type EventsTestEnv, type Fixture } from "./support.ts";
+
+const TYPE = "coursemesh.events.v1.SeatsChanged";
+let env: EventsTestEnv;
+const relays: Relay[] = [];
+const fixtures: Fixture[] = [];
+
+beforeAll(async () => {
+  // Installs W3C propagation (no exporter): rows written here keep the active traceparent.
+  startTelemetry("relaytest");
+  env = await setupEventsTest("relaytest", ["SEATS"]);
+});
+
+afterAll(async () => {
+  for (const fixture of fixtures) await fixture.kill();
+  for (const relay of relays) await relay.stop();
+  await env.cleanup();
+});
+
+async function relay(options: Partial<Parameters<typeof startRelay>[0]> = {}): Promise<Relay> {
+  const started = await startRelay({
+    sql: env.sql,
+    natsServers: [TEST_NATS_URL],
+    service: "relaytest",
+    prefix: env.prefix,
+    logger: env.logger,
+    standbyRetryMs: 100,
+    pollIntervalMs: 100,
+    ...options,
+  });
+  relays.push(started);
+  return started;
+}
+
+async function stopAll(): Promise<void> {
+  while (relays.length) await relays.pop()!.stop();
+}
+
+const streamCount = async () => (await env.jsm.streams.info(streamName(env.prefix, "SEATS"))).state.messages;
+const outboxCount = async () => (await env.sql`select count(*)::int as n from outbox`)[0]!.n as number;
+
+test("an event goes out with the contract's headers and body, continuing the writer's trace", async () => {
+  const traceId = randomBytes(16).toString("hex");
+  const spanId = randomBytes(8).toString("hex");
+  const writer = trace.setSpanContext(ROOT_CONTEXT, { traceId, spanId, traceFlags: TraceFlags.SAMPLED, isRemote: true });
+  const eventId = await context.with(writer, () =>
+    env.sql.begin((tx) =>
+      enqueue(tx, {
+        subject: "seats.changed.m-headers",
+        type: TYPE,
+        aggregateId: "m-headers",
+        aggregateVersion: 7,
+        payload: { monitorId: "m-headers", label: "CMPUT 201 LEC A1", current: { open: 3, raw: "Seats: 3/30" } },
+      }),
+    ),
+  );
+  expect(eventId).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+
+  const published: PublishedEvent[] = [];
+  await relay({ onPublished: (e) => published.push(e) });
+  await waitUntil(() => published.length, (n) => n >= 1, 5000, "the publish");
+  await stopAll();
+
+  const stored = await env.jsm.streams.getMessage(streamName(env.prefix, "SEATS"), { last_by_subj: `${env.prefix}.seats.changed.m-headers` });
+  expect(stored).toBeTruthy();
+  const h = stored!.header;
+  expect(h.get("Nats-Msg-Id")).toBe(eventId);
+  expect(h.get("Content-Type")).toBe("application/json");
+  expect(h.get("Coursemesh-Event")).toBe(TYPE);
+  expect(h.get("Coursemesh-Aggregate-Id")).toBe("m-headers");
+  expect(h.get("Coursemesh-Aggregate-Version")).toBe("7");
+  expect(h.get("traceparent")).toBe(`00-${traceId}-${spanId}-01`);
+  const body = stored!.json<Record<string, unknown>>();
+  expect(body).toMatchObject({ eventId, monitorId: "m-headers", aggregateVersion: 7, current: { open: 3, raw: "Seats: 3/30" } });
+  expect(Date.parse(body.occurredAt as string)).toBeGreaterThan(Date.now() - 60_000);
+  // Acknowledged rows leave the outbox.
+  expect(await outboxCount()).toBe(0);
+});
+
+test("a rolled-back transaction publishes nothing, and a subject no stream carries fails the writer's transaction", async () => {
+  const before = await streamCount();
+  await expect(
+    env.sql.begin(async (tx) => {
+      await enqueue(tx, { subject: "seats.changed.m-rollback", type: TYPE, payload: {} });
+      throw new Error("the state change failed");
+    }),
+  ).rejects.toThrow("the state change failed");
+  await expect(env.sql.begin((tx) => enqueue(tx, { subject: "seats.opened.m1", type: TYPE, payload: {} }))).rejects.toThrow(/belongs to no stream/);
+  expect(await outboxCount()).toBe(0);
+  await relay();
+  await Bun.sleep(300);
+  expect(await streamCount()).toBe(before);
+  await stopAll();
+});
+
+test("a transaction that took a lower id but committed later is published before its aggregate's next event", async () => {
+  const published: PublishedEvent[] = [];
+  await relay({ onPublished: (e) => published.push(e) });
+  const event = (aggregate: string, version: number) => ({
+    subject: `seats.changed.${aggregate}`,
+    type: TYPE,
+    aggregateId: aggregate,
+    aggregateVersion: version,
+    payload: { monitorId: aggregate },
+  });
+
+  // T1 takes the lower id for X and stays open while T2 (for Y) commits and is published.
+  let releaseT1!: () => void;
+  const t1Enqueued = Promise.withResolvers<void>();
+  const t1 = env.sql.begin(async (tx) => {
+    await enqueue(tx, event("x-late", 1));
+    t1Enqueued.resolve();
+    await new Promise<void>((resolve) => (releaseT1 = resolve));
+  });
+  await t1Enqueued.promise;
+  const [yId] = await env.sql.begin((tx) => enqueueMany(tx, [event("y-early", 1)]));
+  await waitUntil(() => published.some((e) => e.eventId === yId), Boolean, 5000, "Y to be published");
+
+  releaseT1();
+  await t1;
+  await env.sql.begin((tx) => enqueue(tx, event("x-late", 2)));
+  await waitUntil(() => published.length, (n) => n >= 3, 5000, "both X events");
+  await stopAll();
+
+  const messages = await readStream(env, "SEATS");
+  const xVersions = messages.filter((m) => m.subject.endsWith(".x-late")).map((m) => m.headers!.get("Coursemesh-Aggregate-Version"));
+  expect(xVersions).toEqual(["1", "2"]);
+});
+
+test("a standby takes over when the leader stops, and each event is published once", async () => {
+  const first = await relay();
+  await first.whenLeading();
+  const second = await relay();
+  await Bun.sleep(250);
+  expect(first.leading).toBe(true);
+  expect(second.leading).toBe(false);
+
+  const before = await streamCount();
+  await env.sql.begin((tx) => enqueueMany(tx, Array.from({ length: 50 }, (_, i) => ({ subject: `seats.health.h${i}`, type: TYPE, payload: { i } }))));
+  await waitUntil(streamCount, (n) => n >= before + 50, 5000, "the first 50");
+
+  await first.stop();
+  relays.splice(relays.indexOf(first), 1);
+  await second.whenLeading();
+  await env.sql.begin((tx) => enqueueMany(tx, Array.from({ length: 50 }, (_, i) => ({ subject: `seats.health.k${i}`, type: TYPE, payload: { i } }))));
+  await waitUntil(streamCount, (n) => n >= before + 100, 5000, "the next 50");
+  await Bun.sleep(200);
+  expect(await streamCount()).toBe(before + 100);
+  await stopAll();
+});
+
+test("a write in a process whose relay stands by wakes the leader in another process through one NOTIFY", async () => {
+  // The leader polls only every 30 s, so a prompt publish means the NOTIFY woke it.
+  const leader = spawnFixture("relay-process.ts", {
+    DATABASE_URL: env.db.url,
+    SCHEMA: env.schema,
+    NATS_URL: TEST_NATS_URL,
+    NATS_PREFIX: env.prefix,
+    SERVICE: "relaytest",
+    POLL_INTERVAL_MS: "30000",
+  });
+  fixtures.push(leader);
+  await leader.waitForLine((l) => l.msg === "outbox relay leading");
+  const standby = await relay();
+  await Bun.sleep(200);
+  expect(standby.leading).toBe(false);
+
+  const before = await streamCount();
+  const startedAt = performance.now();
+  await env.sql.begin((tx) => enqueue(tx, { subject: "seats.changed.m-notify", type: TYPE, payload: {} }));
+  await waitUntil(streamCount, (n) => n === before + 1, 5000, "the woken leader to publish");
+  expect(performance.now() - startedAt).toBeLessThan(2000);
+  await leader.stop();
+  await stopAll();
+});
