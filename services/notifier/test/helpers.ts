@@ -31,7 +31,8 @@ export interface ReceivedEmail {
   messageId: string;
   text: string;
   html: string;
-  headers: Map<string, unknown>;
+  /** Raw header values by lower-case name (first occurrence). */
+  headers: Map<string, string>;
   acceptedAt: number;
 }
 
@@ -101,7 +102,7 @@ export async function startSmtp(options: { port?: number; parse?: boolean } = {}
             messageId: mail.messageId ?? "",
             text: mail.text ?? "",
             html: typeof mail.html === "string" ? mail.html : "",
-            headers: mail.headers,
+            headers: new Map(mail.headerLines.map((h) => [h.key, h.line.slice(h.line.indexOf(":") + 1).trim()] as [string, string]).reverse()),
             acceptedAt,
           });
         } else {

@@ -1,0 +1,153 @@
+/**
+ * Fan-out: one event becomes one delivery row per subscribed recipient (unique per event, channel
+ * and recipient), written in the consumer's transaction before the event is acked. Seat emails are
+ * coalesced per (monitor, recipient): the first goes at once; later ones inside the window fold
+ * into one trailing email, due at the window's end, carrying the latest value.
+ */
+import type { Tx } from "@coursemesh/shared/db";
+import { currentTraceparent } from "@coursemesh/shared/telemetry";
+import { EVENT_TYPES, renderEventMessage, type EventType, type PayloadExtras } from "./messages.ts";
+import type { Target } from "./recipients.ts";
+import * as store from "./store.ts";
+import type { SubscriptionRow } from "./store.ts";
+import { unsubscribeLink } from "./subscriptions.ts";
+
+export interface FanOutSettings {
+  publicUrl: string;
+  coalesceMs: number;
+}
+
+/** An event as the consumer hands it over: its subject (without prefix), id and proto3-JSON body. */
+export interface IncomingEvent {
+  eventId: string;
+  subject: string;
+  payload: Record<string, unknown>;
+}
+
+/** The notification type of a subject (`seats.changed.<id>` → `seats.changed`); undefined for events nobody is notified about. */
+export function eventTypeOf(subject: string): EventType | undefined {
+  const type = subject.split(".").slice(0, -1).join(".");
+  return (EVENT_TYPES as readonly string[]).includes(type) ? (type as EventType) : undefined;
+}
+
+interface Facts {
+  targets: Target[];
+  monitorId?: string;
+  courseId?: string;
+  studentId?: string;
+  jobId?: string;
+  aggregateVersion?: number;
+}
+
+const str = (value: unknown): string | undefined => (typeof value === "string" && value !== "" ? value : undefined);
+
+/** The ids an event is about, and so the subscription targets it reaches. */
+export function factsOf(type: EventType, payload: Record<string, unknown>): Facts {
+  const version = Number(payload.aggregateVersion);
+  const aggregateVersion = Number.isSafeInteger(version) ? version : undefined;
+  if (type.startsWith("seats.")) {
+    const monitorId = str(payload.monitorId);
+    return { targets: monitorId ? [{ kind: "monitor", value: monitorId.toLowerCase() }] : [], monitorId, aggregateVersion };
+  }
+  if (type.startsWith("enrollment.")) {
+    const courseId = str(payload.courseId);
+    const studentId = str(payload.studentId);
+    const targets: Target[] = [];
+    if (courseId) targets.push({ kind: "course", value: courseId.toLowerCase() });
+    if (studentId) targets.push({ kind: "student", value: studentId });
+    return { targets, courseId, studentId, aggregateVersion };
+  }
+  const jobId = str(payload.jobId);
+  return { targets: jobId ? [{ kind: "job", value: jobId.toLowerCase() }] : [], jobId, courseId: str(payload.courseId), aggregateVersion };
+}
+
+/**
+ * One subscription per (channel, recipient): several subscriptions of one address reaching the same
+ * event make one message. A student-filter match wins, so the student reads "you".
+ */
+export function recipientsOf(subscriptions: SubscriptionRow[]): SubscriptionRow[] {
+  const chosen = new Map<string, SubscriptionRow>();
+  for (const subscription of subscriptions) {
+    const key = `${subscription.channel} ${subscription.address}`;
+    const current = chosen.get(key);
+    if (!current || (subscription.filter_kind === "student" && current.filter_kind !== "student")) chosen.set(key, subscription);
+  }
+  return [...chosen.values()];
+}
+
+type SeatsJson = { open?: number } | undefined;
+
+async function insertSeatEmail(tx: Tx, settings: FanOutSettings, base: store.NewDelivery, event: Record<string, unknown>, extras: PayloadExtras): Promise<void> {
+  const key = `${base.monitorId}|${base.recipient}`;
+  const now = Date.now();
+  let due = new Date(now);
+  let merged = 1;
+  let previous = event.previous as SeatsJson;
+  const { row: last, busy } = await store.latestCoalescible(tx, key);
+  let fold: string | undefined;
+  if (last && last.status === "PENDING" && !busy) {
+    // An email of this window has not gone yet: this one replaces it, keeping its due time and the
+    // value the recipient last heard about as "before".
+    fold = last.id;
+    const lastPayload = last.payload as { event?: { previous?: SeatsJson }; merged?: number };
+    previous = lastPayload.event?.previous;
+    merged = (lastPayload.merged ?? 1) + 1;
+    due = new Date(Math.max(now, last.next_attempt_at!.getTime()));
+  } else if (last && (busy || last.status === "SENT")) {
+    const lastSent = busy ? now : last.sent_at!.getTime();
+    if (now - lastSent < settings.coalesceMs) due = new Date(lastSent + settings.coalesceMs);
+  }
+  const mergedEvent = { ...event, previous };
+  const payload = { event: mergedEvent, ...extras, merged };
+  const subject = renderEventMessage("seats.changed", payload).subject;
+  const noNetChange = fold !== undefined && previous?.open !== undefined && previous.open === (event.current as SeatsJson)?.open;
+  await store.insertDelivery(tx, {
+    ...base,
+    subject,
+    payload,
+    nextAttemptAt: due,
+    coalesceKey: key,
+    ...(noNetChange ? { status: "SUPPRESSED" as const, lastError: "no net change since the last email: the seats went back to what it said" } : {}),
+  });
+  if (fold) await store.markCoalesced(tx, fold, base.id);
+}
+
+/** Writes the deliveries of one event; returns how many recipients it reached. */
+export async function fanOut(tx: Tx, settings: FanOutSettings, event: IncomingEvent): Promise<number> {
+  const type = eventTypeOf(event.subject);
+  if (!type) return 0;
+  const facts = factsOf(type, event.payload);
+  const recipients = recipientsOf(await store.activeSubscriptionsFor(tx, facts.targets));
+  const traceparent = currentTraceparent() ?? null;
+  for (const subscription of recipients) {
+    const extras: PayloadExtras = {
+      perspective: subscription.filter_kind === "student" ? "student" : "course",
+      unsubscribe_url: unsubscribeLink(settings.publicUrl, subscription.unsubscribe_token),
+    };
+    const base: store.NewDelivery = {
+      id: Bun.randomUUIDv7(),
+      eventId: event.eventId,
+      eventType: type,
+      subscriptionId: subscription.id,
+      owner: subscription.owner,
+      channel: subscription.channel,
+      recipient: subscription.address,
+      monitorId: facts.monitorId,
+      courseId: facts.courseId,
+      studentId: facts.studentId,
+      jobId: facts.jobId,
+      aggregateVersion: facts.aggregateVersion,
+      subject: "",
+      payload: {},
+      nextAttemptAt: new Date(),
+      traceparent,
+    };
+    if (type === "seats.changed" && subscription.channel === "EMAIL" && settings.coalesceMs > 0) {
+      await insertSeatEmail(tx, settings, base, event.payload, extras);
+      continue;
+    }
+    const payload = { event: event.payload, ...extras };
+    await store.insertDelivery(tx, { ...base, subject: renderEventMessage(type, payload).subject, payload });
+  }
+  return recipients.length;
+}

@@ -1,0 +1,121 @@
+/** The notifier process: events → deliveries → email and webhooks, plus the NotificationService API. */
+import { jetstreamManager } from "@nats-io/jetstream";
+import { Notification } from "@coursemesh/proto/coursemesh/notifier/v1/notifier";
+import { required } from "@coursemesh/shared/config";
+import { enqueue, provisionStreams, startConsumer, startRelay, type RunningConsumer, type StreamName } from "@coursemesh/shared/events/index";
+import { runService } from "@coursemesh/shared/service";
+import { fanOut } from "./fanout.ts";
+import { notificationService, toNotification } from "./grpc.ts";
+import { linkRoutes } from "./links.ts";
+import { startSender } from "./sender.ts";
+import { createSmtpTransport } from "./smtp.ts";
+
+/** The streams the notifier reads, with the durable consumer of each. */
+const CONSUMED: { stream: StreamName; durable: string; skipStaleVersions: boolean }[] = [
+  // Seat readings and health carry state: an older one arriving late is dropped.
+  { stream: "SEATS", durable: "notifier-seats", skipStaleVersions: true },
+  // Enrollment and ingest outcomes are facts: each is told, whatever the order.
+  { stream: "ENROLLMENT", durable: "notifier-enrollment", skipStaleVersions: false },
+  { stream: "INGEST", durable: "notifier-ingest", skipStaleVersions: false },
+];
+
+await runService({
+  service: "notifier",
+  migrationsDir: new URL("../migrations", import.meta.url).pathname,
+  async setup({ config, logger, sql, nats, shutdown }) {
+    const prefix = config.NATS_PREFIX ?? "";
+    const crashAt = config.NOTIFIER_CRASH_AT ?? "";
+    if (crashAt) logger.warn({ crashAt }, "NOTIFIER_CRASH_AT is set: this process kills itself on purpose (tests only)");
+    const guard = { allowPrivate: required(config, "NOTIFIER_ALLOW_PRIVATE_HOSTS") };
+    if (guard.allowPrivate) logger.warn("NOTIFIER_ALLOW_PRIVATE_HOSTS=true: webhooks may reach private and loopback addresses");
+    const publicUrl = required(config, "NOTIFIER_PUBLIC_URL");
+
+    await provisionStreams(await jetstreamManager(nats), prefix, ["SEATS", "ENROLLMENT", "INGEST", "DLQ"]);
+
+    const email = createSmtpTransport({
+      url: required(config, "NOTIFIER_SMTP_URL"),
+      from: required(config, "NOTIFIER_MAIL_FROM"),
+      poolSize: required(config, "NOTIFIER_SMTP_POOL_SIZE"),
+    });
+    const sender = startSender({
+      sql,
+      logger,
+      email,
+      settings: {
+        from: required(config, "NOTIFIER_MAIL_FROM"),
+        maxAttempts: required(config, "NOTIFIER_MAX_ATTEMPTS"),
+        retryBaseMs: required(config, "NOTIFIER_RETRY_BASE_MS"),
+        retryMaxMs: required(config, "NOTIFIER_RETRY_MAX_MS"),
+        concurrency: required(config, "NOTIFIER_SEND_CONCURRENCY"),
+        batchSize: required(config, "NOTIFIER_SEND_BATCH_SIZE"),
+        pollMs: required(config, "NOTIFIER_POLL_MS"),
+        emailRatePerHour: required(config, "NOTIFIER_EMAIL_RATE_PER_HOUR"),
+        webhookRatePerHour: required(config, "NOTIFIER_WEBHOOK_RATE_PER_HOUR"),
+        webhookTimeoutMs: required(config, "NOTIFIER_WEBHOOK_TIMEOUT_MS"),
+        guard,
+        authDisabled: Boolean(config.AUTH_DISABLED),
+        crashAt,
+      },
+      // The dead-letter copy goes through the outbox, so it commits with the FAILED status.
+      async deadLetter(tx, row, error) {
+        await enqueue(tx, {
+          subject: "dlq.notifier.sender",
+          type: "coursemesh.notifier.v1.Notification",
+          payload: { notification: Notification.toJSON(toNotification(row)), error },
+        });
+      },
+    });
+    const relay = await startRelay({ sql, natsServers: required(config, "NATS_URL"), service: "notifier", prefix, logger });
+
+    const fanOutSettings = { publicUrl, coalesceMs: required(config, "NOTIFIER_COALESCE_SECONDS") * 1000 };
+    const consumers: RunningConsumer[] = [];
+    for (const { stream, durable, skipStaleVersions } of CONSUMED) {
+      consumers.push(
+        await startConsumer<Record<string, unknown>>({
+          sql,
+          nats,
+          service: "notifier",
+          prefix,
+          logger,
+          stream,
+          durable,
+          skipStaleVersions,
+          concurrency: 8,
+          async handler(tx, event, msg) {
+            await fanOut(tx, fanOutSettings, { eventId: event.eventId, subject: event.subject, payload: event.payload });
+            // The loop acks after its transaction commits: the moment the new deliveries are visible.
+            const ack = msg.ack.bind(msg);
+            msg.ack = () => {
+              if (crashAt === "after-fanout") {
+                logger.warn({ eventId: event.eventId }, "NOTIFIER_CRASH_AT=after-fanout: killing the process before the ack");
+                process.kill(process.pid, "SIGKILL");
+              }
+              ack();
+              sender.wake();
+            };
+          },
+        }),
+      );
+    }
+
+    shutdown.on("stop-intake", "consumers", async () => {
+      await Promise.all(consumers.map((c) => c.stop()));
+    });
+    shutdown.on("finish-in-flight", "sender", () => sender.stop());
+    shutdown.on("drain-nats", "relay", () => relay.stop());
+    shutdown.on("close-db", "smtp", () => email.close());
+
+    const settings = {
+      publicUrl,
+      confirmTtlMs: required(config, "NOTIFIER_CONFIRM_TTL_HOURS") * 60 * 60 * 1000,
+      guard,
+      authDisabled: Boolean(config.AUTH_DISABLED),
+      wake: () => sender.wake(),
+    };
+    return {
+      grpc: [notificationService({ sql, settings, sendTest: (input) => sender.sendTest(input) })],
+      handleHttp: linkRoutes(sql, logger),
+      maxRequestBodySize: 64 * 1024,
+    };
+  },
+});
