@@ -1,0 +1,361 @@
+/**
+ * A course outline from extracted PDF text, with no I/O: modules from bookmarks when the PDF has
+ * them, else from headings found by font size and weight, else from page ranges; per module a
+ * title, an extractive summary, key terms and its pages.
+ */
+import type { Bookmark, PageText, TextLine } from "./pdf-text.ts";
+
+export interface DocumentText {
+  pages: PageText[];
+  bookmarks: Bookmark[];
+}
+
+export interface OutlineModule {
+  title: string;
+  summary: string;
+  keyTerms: string[];
+  /** 1-based, counting across the job's documents in upload order. */
+  startPage: number;
+  /** Inclusive. */
+  endPage: number;
+}
+
+export type OutlineSource = "bookmarks" | "headings" | "pages";
+
+export interface BuiltOutline {
+  modules: OutlineModule[];
+  pageCount: number;
+  /** How each document was split, in upload order. */
+  sources: OutlineSource[];
+}
+
+/** Where a module starts and ends inside one document (0-based pages and lines). */
+interface Section {
+  title: string;
+  startPage: number;
+  /** Line of startPage where the module begins (its heading, when the page shows one). */
+  headingLine: number;
+  /** First line of the module's body on startPage. */
+  startLine: number;
+  /** Page and line where the next module begins (exclusive), or the end of the document. */
+  endPage: number;
+  endLine: number;
+}
+
+const MAX_MODULES_PER_DOCUMENT = 60;
+const SUMMARY_MAX_CHARS = 480;
+const KEY_TERMS = 6;
+
+/** Builds the outline of a job's documents; `pageCount` is the sum of their pages. */
+export function buildOutline(documents: DocumentText[]): BuiltOutline {
+  const drafts: { title: string; startPage: number; endPage: number; text: string }[] = [];
+  const sources: OutlineSource[] = [];
+  let offset = 0;
+  for (const document of documents) {
+    const boilerplate = repeatedLines(document.pages);
+    const { sections, source } = splitDocument(document, boilerplate);
+    sources.push(source);
+    for (const section of sections) {
+      drafts.push({
+        title: section.title,
+        startPage: offset + section.startPage + 1,
+        endPage: offset + section.endPage + 1,
+        text: sectionText(document.pages, section, boilerplate),
+      });
+    }
+    offset += document.pages.length;
+  }
+  const corpus = drafts.map((d) => analyse(d.text));
+  const documentFrequency = new Map<string, number>();
+  for (const analysis of corpus) for (const term of analysis.counts.keys()) documentFrequency.set(term, (documentFrequency.get(term) ?? 0) + 1);
+  const weight = (term: string) => Math.log((drafts.length + 1) / ((documentFrequency.get(term) ?? 0) + 1)) + 1;
+  const modules = drafts.map((draft, i) => ({
+    title: draft.title,
+    startPage: draft.startPage,
+    endPage: draft.endPage,
+    summary: summarize(corpus[i]!, weight),
+    keyTerms: keyTerms(corpus[i]!, weight),
+  }));
+  return { modules, pageCount: offset, sources };
+}
+
+function splitDocument(document: DocumentText, boilerplate: Set<string>): { sections: Section[]; source: OutlineSource } {
+  const pageCount = document.pages.length;
+  if (pageCount === 0) return { sections: [], source: "pages" };
+  const fromBookmarks = sectionsFromBookmarks(document);
+  if (fromBookmarks.length >= 2) return { sections: fromBookmarks, source: "bookmarks" };
+  const fromHeadings = sectionsFromHeadings(document.pages, boilerplate);
+  if (fromHeadings.length >= 2) return { sections: fromHeadings, source: "headings" };
+  return { sections: sectionsFromPageRanges(document.pages), source: "pages" };
+}
+
+/** Closes each section where the next one starts; the last runs to the end of the document. */
+function closeSections(starts: Omit<Section, "endPage" | "endLine">[], pages: PageText[]): Section[] {
+  const sorted = [...starts].sort((a, b) => a.startPage - b.startPage || a.headingLine - b.headingLine);
+  return sorted.map((start, i) => {
+    const next = sorted[i + 1];
+    if (!next) return { ...start, endPage: pages.length - 1, endLine: pages[pages.length - 1]!.lines.length };
+    // A module that ends exactly where a page begins does not reach into that page.
+    const endPage = next.headingLine === 0 && next.startPage > start.startPage ? next.startPage - 1 : next.startPage;
+    return { ...start, endPage, endLine: next.startPage === endPage ? next.headingLine : pages[endPage]!.lines.length };
+  });
+}
+
+const normalize = (text: string) => text.toLowerCase().replace(/[^\p{L}\p{N}]+/gu, " ").trim();
+
+function sectionsFromBookmarks({ bookmarks, pages }: DocumentText): Section[] {
+  const valid = bookmarks.filter((b) => b.pageIndex >= 0 && b.pageIndex < pages.length);
+  // One root entry wrapping everything ("Course notes" → chapters): its children are the modules.
+  let depth = 0;
+  while (valid.filter((b) => b.depth === depth).length === 1 && valid.some((b) => b.depth === depth + 1)) depth++;
+  const chosen = valid.filter((b) => b.depth === depth).slice(0, MAX_MODULES_PER_DOCUMENT);
+  const starts = chosen.map((bookmark) => {
+    // Start the module at its heading when the page shows it, so text above it stays with the previous module.
+    const wanted = normalize(bookmark.title);
+    const lineIndex = pages[bookmark.pageIndex]!.lines.findIndex((line) => {
+      const text = normalize(line.text);
+      return text.length > 0 && (text === wanted || (wanted.length >= 4 && text.endsWith(wanted)) || (text.length >= 4 && wanted.endsWith(text)));
+    });
+    return {
+      title: bookmark.title,
+      startPage: bookmark.pageIndex,
+      headingLine: Math.max(0, lineIndex),
+      startLine: lineIndex >= 0 ? lineIndex + 1 : 0,
+    };
+  });
+  return closeSections(dedupeStarts(starts), pages);
+}
+
+function dedupeStarts<T extends { startPage: number; headingLine: number }>(starts: T[]): T[] {
+  const seen = new Set<string>();
+  return starts.filter((s) => {
+    const key = `${s.startPage}:${s.headingLine}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+/** The font size most of the text is set in. */
+function bodySize(pages: PageText[]): number {
+  const chars = new Map<number, number>();
+  for (const page of pages) for (const line of page.lines) chars.set(bucket(line.size), (chars.get(bucket(line.size)) ?? 0) + line.text.length);
+  let best = 0;
+  let bestChars = -1;
+  for (const [size, count] of chars) if (count > bestChars) [best, bestChars] = [size, count];
+  return best;
+}
+
+const bucket = (size: number) => Math.round(size * 2) / 2;
+
+/** Running headers and footers: lines (digits ignored) that repeat on many pages. */
+function repeatedLines(pages: PageText[]): Set<string> {
+  if (pages.length < 4) return new Set();
+  const seenOn = new Map<string, number>();
+  for (const page of pages) {
+    const unique = new Set(page.lines.map((line) => line.text.replace(/\d+/g, "#").trim()));
+    for (const text of unique) seenOn.set(text, (seenOn.get(text) ?? 0) + 1);
+  }
+  const threshold = Math.max(3, pages.length * 0.3);
+  return new Set([...seenOn].filter(([, count]) => count >= threshold).map(([text]) => text));
+}
+
+const isBoilerplate = (line: TextLine, boilerplate: Set<string>) => boilerplate.has(line.text.replace(/\d+/g, "#").trim());
+
+function looksLikeHeading(line: TextLine, body: number): boolean {
+  const text = line.text;
+  // Lists of names or terms ("Ada Lovelace, Alan Turing, …") are set apart by weight but are not headings.
+  if (text.length < 2 || text.length > 120 || !/\p{L}{2}/u.test(text) || text.split(",").length > 3) return false;
+  if (line.size >= body * 1.15) return true;
+  return line.bold && line.size >= body * 0.95 && text.length <= 80 && !/[.,;:]$/.test(text);
+}
+
+function sectionsFromHeadings(pages: PageText[], boilerplate: Set<string>): Section[] {
+  const body = bodySize(pages);
+  interface Candidate {
+    key: string;
+    size: number;
+    bold: boolean;
+    title: string;
+    page: number;
+    line: number;
+    lastLine: number;
+  }
+  const candidates: Candidate[] = [];
+  pages.forEach((page, pageIndex) => {
+    page.lines.forEach((line, lineIndex) => {
+      if (isBoilerplate(line, boilerplate) || !looksLikeHeading(line, body)) return;
+      const key = `${bucket(line.size)}|${line.bold}`;
+      const previous = candidates[candidates.length - 1];
+      // A heading set over two lines is one heading.
+      if (previous && previous.key === key && previous.page === pageIndex && previous.lastLine === lineIndex - 1 && previous.title.length + line.text.length <= 160) {
+        previous.title = `${previous.title} ${line.text}`;
+        previous.lastLine = lineIndex;
+        return;
+      }
+      candidates.push({ key, size: bucket(line.size), bold: line.bold, title: line.text, page: pageIndex, line: lineIndex, lastLine: lineIndex });
+    });
+  });
+  // The module level is the most prominent style that recurs: a document title appears once, chapter headings repeat.
+  const levels = [...new Set(candidates.map((c) => c.key))]
+    .map((key) => ({ key, size: Number(key.split("|")[0]), bold: key.endsWith("true"), count: candidates.filter((c) => c.key === key).length }))
+    .sort((a, b) => b.size - a.size || Number(b.bold) - Number(a.bold));
+  const level = levels.find((l) => l.count >= 2 && l.count <= Math.max(MAX_MODULES_PER_DOCUMENT, pages.length));
+  if (!level) return [];
+  const starts = candidates
+    .filter((c) => c.key === level.key)
+    .slice(0, MAX_MODULES_PER_DOCUMENT)
+    .map((c) => ({ title: c.title, startPage: c.page, headingLine: c.line, startLine: c.lastLine + 1 }));
+  return closeSections(starts, pages);
+}
+
+function sectionsFromPageRanges(pages: PageText[]): Section[] {
+  const count = Math.min(12, Math.max(1, Math.round(pages.length / 5)));
+  const perModule = Math.ceil(pages.length / count);
+  const body = bodySize(pages);
+  const sections: Section[] = [];
+  for (let start = 0; start < pages.length; start += perModule) {
+    const end = Math.min(pages.length - 1, start + perModule - 1);
+    sections.push({ title: rangeTitle(pages, start, end, body), startPage: start, headingLine: 0, startLine: 0, endPage: end, endLine: pages[end]!.lines.length });
+  }
+  return sections;
+}
+
+/** The most prominent short line of the range, or "Pages a–b" when nothing stands out. */
+function rangeTitle(pages: PageText[], start: number, end: number, body: number): string {
+  let best: TextLine | undefined;
+  for (let p = start; p <= end; p++) {
+    for (const line of pages[p]!.lines) {
+      if (line.size > body * 1.1 && line.text.length <= 80 && /\p{L}{2}/u.test(line.text) && (!best || line.size > best.size)) best = line;
+    }
+  }
+  return best?.text ?? (start === end ? `Page ${start + 1}` : `Pages ${start + 1}–${end + 1}`);
+}
+
+function sectionText(pages: PageText[], section: Section, boilerplate: Set<string>): string {
+  const lines: string[] = [];
+  for (let p = section.startPage; p <= section.endPage; p++) {
+    const page = pages[p]!.lines;
+    const from = p === section.startPage ? section.startLine : 0;
+    const to = p === section.endPage ? section.endLine : page.length;
+    for (let i = from; i < to; i++) if (!isBoilerplate(page[i]!, boilerplate)) lines.push(page[i]!.text);
+  }
+  // Words broken at a line end ("manip-" + "ulation") are joined again.
+  return lines.reduce((text, line) => (/\p{Ll}-$/u.test(text) && /^\p{Ll}/u.test(line) ? text.slice(0, -1) + line : text ? `${text} ${line}` : line), "");
+}
+
+const STOPWORDS = new Set(
+  (
+    "a about above after again against all also am an and any are as at be because been before being below between both but by can could " +
+    "did do does doing down during each either else etc even ever every few for from further get gets given had has have having he her here " +
+    "hers herself him himself his how however i if in into is it its itself just least less let like made make many may me might more most " +
+    "much must my myself need needs no nor not now of off often on once one only or other others our ours ourselves out over own per rather " +
+    "same see she should since so some such than that the their theirs them themselves then there these they this those though through " +
+    "thus to too two under until up upon us use used uses using very via was we well were what when where whether which while who whom " +
+    "whose why will with within without would yet you your yours yourself yourselves first second new way ways example e.g i.e"
+  ).split(" "),
+);
+
+interface Analysis {
+  sentences: { text: string; terms: string[] }[];
+  counts: Map<string, number>;
+  surface: Map<string, Map<string, number>>;
+}
+
+const DOT_LEADERS = /(?:\s*\.){4,}\s*/g;
+const ADDRESSES = /\b(?:https?:\/\/|www\.)\S+|\S+@\S+\.\S+/g;
+const PHRASE_BREAK = /[,;:()[\]{}"“”—–]|\.\s|\s-\s/;
+const WORD = /[\p{L}][\p{L}\p{N}+#'’-]*[\p{L}\p{N}+#]|[\p{L}]/gu;
+
+function analyse(text: string): Analysis {
+  const counts = new Map<string, number>();
+  const surface = new Map<string, Map<string, number>>();
+  const note = (term: string, form: string) => {
+    counts.set(term, (counts.get(term) ?? 0) + 1);
+    const forms = surface.get(term) ?? new Map<string, number>();
+    forms.set(form, (forms.get(form) ?? 0) + 1);
+    surface.set(term, forms);
+  };
+  const sentences = text
+    .replace(DOT_LEADERS, " … ")
+    .split(/(?<=[.!?])\s+(?=[\p{Lu}\p{N}“"(])/u)
+    .map((sentence) => {
+      const terms: string[] = [];
+      // Addresses are not subject matter, and a term pair never spans punctuation.
+      for (const phrase of sentence.replace(ADDRESSES, " ").split(PHRASE_BREAK)) {
+        let previous: { term: string; form: string } | undefined;
+        for (const form of phrase.match(WORD) ?? []) {
+          const term = form.toLowerCase();
+          if (term.length < 3 || STOPWORDS.has(term)) {
+            previous = undefined;
+            continue;
+          }
+          note(term, form);
+          terms.push(term);
+          if (previous) {
+            const pair = `${previous.term} ${term}`;
+            note(pair, `${previous.form} ${form}`);
+            terms.push(pair);
+          }
+          previous = { term, form };
+        }
+      }
+      return { text: sentence.trim(), terms };
+    });
+  return { sentences, counts, surface };
+}
+
+function isProse(sentence: string): boolean {
+  const words = sentence.split(/\s+/).length;
+  const letters = (sentence.match(/\p{L}/gu) ?? []).length;
+  return sentence.length >= 40 && sentence.length <= 320 && words >= 6 && letters / sentence.length > 0.6;
+}
+
+function summarize(analysis: Analysis, weight: (term: string) => number): string {
+  const scored = analysis.sentences
+    .map((sentence, index) => ({ ...sentence, index }))
+    .filter((s) => isProse(s.text))
+    .map((s) => {
+      const distinct = new Set(s.terms);
+      let score = 0;
+      for (const term of distinct) score += (analysis.counts.get(term) ?? 0) * weight(term) * (term.includes(" ") ? 1.5 : 1);
+      // Opening sentences usually say what a section is about.
+      return { ...s, score: score / Math.sqrt(s.terms.length + 1) + (s.index < 2 ? 0.5 : 0) };
+    });
+  if (scored.length === 0) {
+    const text = analysis.sentences.map((s) => s.text).join(" ").trim();
+    return text.length <= SUMMARY_MAX_CHARS ? text : `${text.slice(0, SUMMARY_MAX_CHARS).replace(/\s+\S*$/, "")}…`;
+  }
+  const chosen: typeof scored = [];
+  let length = 0;
+  for (const sentence of [...scored].sort((a, b) => b.score - a.score)) {
+    if (chosen.length >= 3) break;
+    if (chosen.length > 0 && length + sentence.text.length > SUMMARY_MAX_CHARS) continue;
+    chosen.push(sentence);
+    length += sentence.text.length + 1;
+  }
+  return chosen
+    .sort((a, b) => a.index - b.index)
+    .map((s) => s.text)
+    .join(" ");
+}
+
+function keyTerms(analysis: Analysis, weight: (term: string) => number): string[] {
+  const ranked = [...analysis.counts]
+    .filter(([term, count]) => !/^[\p{N}\W]+$/u.test(term) && (term.includes(" ") ? count >= 2 : true))
+    .map(([term, count]) => ({ term, score: count * weight(term) * (term.includes(" ") ? 1.6 : 1) }))
+    .sort((a, b) => b.score - a.score || a.term.localeCompare(b.term));
+  const chosen: string[] = [];
+  for (const { term } of ranked) {
+    if (chosen.length >= KEY_TERMS) break;
+    // "hash table" makes "hash" and "table" redundant, and the other way round.
+    if (chosen.some((c) => c.split(" ").includes(term) || term.split(" ").includes(c))) continue;
+    chosen.push(term);
+  }
+  return chosen.map((term) => {
+    const forms = [...(analysis.surface.get(term) ?? new Map<string, number>())].sort((a, b) => b[1] - a[1]);
+    const form = forms[0]?.[0] ?? term;
+    // Keep acronyms and names as written; lower-case words that were only capitalised at a sentence start.
+    return form === form.toUpperCase() || forms.every(([f]) => f !== f.toLowerCase()) ? form : form.toLowerCase();
+  });
+}
