@@ -525,6 +525,30 @@ export const CONFIG_REGISTRY = {
     default: fixed(String(5 * 1024 * 1024 * 1024)),
     parse: parsers.int(1024 * 1024, 1024 * 1024 * 1024 * 1024),
   }),
+  OUTBOX_RELAY_POLL_INTERVAL_MS: defineVar({
+    description: "How often an idle outbox relay looks for rows no writer woke it for; a missed wake-up is published within this.",
+    readers: "all",
+    default: fixed("1000"),
+    parse: parsers.int(10, 60_000),
+  }),
+  OUTBOX_RELAY_STANDBY_RETRY_MS: defineVar({
+    description: "How often a standby replica's outbox relay tries to take over; events of a dead leader wait about this long.",
+    readers: "all",
+    default: fixed("2000"),
+    parse: parsers.int(50, 60_000),
+  }),
+  OUTBOX_RELAY_MAX_IN_FLIGHT: defineVar({
+    description: "Publishes the outbox relay keeps awaiting JetStream's ack at once.",
+    readers: "all",
+    default: fixed("2048"),
+    parse: parsers.int(1, 65_536),
+  }),
+  EVENTS_STREAM_REPLICAS: defineVar({
+    description: "Replicas of the JetStream streams a service provisions: 1 for a single NATS server, 3 for a cluster.",
+    readers: "all",
+    default: fixed("1"),
+    parse: parsers.int(1, 5),
+  }),
 } as const satisfies Record<string, VarSpec<unknown>>;
 
 export type ConfigName = keyof typeof CONFIG_REGISTRY;

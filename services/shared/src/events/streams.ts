@@ -175,6 +175,8 @@ export function streamConfig(prefix: string, stream: StreamName, overrides: Part
 }
 
 export interface ProvisionOptions {
+  /** Replicas of every stream (EVENTS_STREAM_REPLICAS); a per-stream limit overrides it. */
+  replicas?: number;
   /** Per-stream changes to the defaults (tests use small `maxBytes`: the server reserves it up front). */
   limits?: Partial<Record<StreamName, Partial<StreamLimits>>>;
 }
@@ -198,7 +200,7 @@ export async function provisionStreams(
 ): Promise<StreamInfo[]> {
   const infos: StreamInfo[] = [];
   for (const stream of names) {
-    const config = streamConfig(prefix, stream, options.limits?.[stream]);
+    const config = streamConfig(prefix, stream, { ...(options.replicas ? { replicas: options.replicas } : {}), ...options.limits?.[stream] });
     let existing: StreamInfo | undefined;
     try {
       existing = await jsm.streams.info(config.name);
