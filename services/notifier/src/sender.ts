@@ -174,6 +174,7 @@ export function startSender(deps: SenderDeps): Sender {
   async function processClaimed(tx: Tx, rows: DeliveryRow[]): Promise<void> {
     if (rows.length === 0) return;
     const now = new Date();
+    await store.lockRecipients(tx, rows.map((r) => r.recipient));
     const sentRecently = await store.sentCountsSince(tx, [...new Set(rows.map((r) => r.recipient))], new Date(now.getTime() - HOUR_MS));
     const secrets = await store.webhookSecrets(tx, rows.filter((r) => r.channel === "WEBHOOK" && r.subscription_id).map((r) => r.subscription_id!));
     const outcomes: AttemptOutcome[] = [];

@@ -258,6 +258,18 @@ export async function claimDelivery(tx: Tx, id: string): Promise<DeliveryRow | u
   return row;
 }
 
+/**
+ * Serialises senders per recipient until the transaction ends, so concurrent batches cannot both
+ * pass the rate cap for one inbox. Locks are taken in sorted order, so two batches never deadlock.
+ */
+export async function lockRecipients(tx: Tx, recipients: string[]): Promise<void> {
+  const sorted = [...new Set(recipients)].sort();
+  if (sorted.length === 0) return;
+  await tx`
+    select pg_advisory_xact_lock(hashtextextended('coursemesh.notifier.recipient:' || r, 0))
+    from unnest(${sorted}::text[]) with ordinality as t(r, n) order by n`;
+}
+
 /** Sent messages per recipient since `since` (for the rate cap). */
 export async function sentCountsSince(db: Db, recipients: string[], since: Date): Promise<Map<string, number>> {
   if (recipients.length === 0) return new Map();

@@ -78,6 +78,8 @@ export async function startSmtp(options: { port?: number; parse?: boolean } = {}
     disabledCommands: ["STARTTLS"],
     logger: false,
     size: 1024 * 1024,
+    // The notifier's pooled connections stay open; do not wait 30 s for them on close.
+    closeTimeout: 200,
     onRcptTo(address, _session, callback) {
       const rejection = state.rejectRecipient(address.address);
       if (!rejection) return callback();
