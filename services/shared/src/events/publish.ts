@@ -6,7 +6,7 @@
 import { trace } from "@opentelemetry/api";
 import { headers as natsHeaders, type MsgHdrs } from "@nats-io/transport-node";
 import type { JetStreamClient, PubAck } from "@nats-io/jetstream";
-import { extractTraceContext, injectTraceContext, SpanKind, withSpan, type Context } from "../telemetry.ts";
+import { extractTraceContext, injectTraceContext, recordError, SpanKind, type Context } from "../telemetry.ts";
 import { prefixedSubject } from "./streams.ts";
 
 /** Header names every event carries, plus the ones a dead-lettered copy adds. */
@@ -86,11 +86,12 @@ export function headersToObject(h: MsgHdrs | undefined): Record<string, string> 
 export function publishEvent(target: PublishContext, event: WireEvent, parent: Context): Promise<PubAck> {
   const subject = prefixedSubject(target.prefix, event.subject);
   const data = typeof event.body === "string" ? encoder.encode(event.body) : event.body;
-  return withSpan(
+  // The relay's hot path: a plain span (not made active) keeps the per-message cost low; nothing
+  // below needs the active context, the headers get the span's context explicitly.
+  const span = trace.getTracer("coursemesh").startSpan(
     `${target.service}.publish`,
     {
       kind: SpanKind.PRODUCER,
-      parent,
       attributes: {
         "messaging.system": "nats",
         "messaging.operation.type": "send",
@@ -101,16 +102,32 @@ export function publishEvent(target: PublishContext, event: WireEvent, parent: C
         "coursemesh.event.type": event.type,
       },
     },
-    async (span) => {
-      const ack = await target.js.publish(subject, data, {
-        msgID: event.eventId,
-        headers: eventHeaders(event, trace.setSpan(parent, span)),
-        timeout: target.timeoutMs,
-      });
-      span.setAttribute("messaging.nats.stream", ack.stream);
-      span.setAttribute("messaging.nats.sequence", ack.seq);
-      if (ack.duplicate) span.setAttribute("messaging.nats.duplicate", true);
+    parent,
+  );
+  let published: Promise<PubAck>;
+  try {
+    published = target.js.publish(subject, data, {
+      msgID: event.eventId,
+      headers: eventHeaders(event, trace.setSpan(parent, span)),
+      timeout: target.timeoutMs,
+    });
+  } catch (error) {
+    published = Promise.reject(error);
+  }
+  return published.then(
+    (ack) => {
+      if (span.isRecording()) {
+        span.setAttribute("messaging.nats.stream", ack.stream);
+        span.setAttribute("messaging.nats.sequence", ack.seq);
+        if (ack.duplicate) span.setAttribute("messaging.nats.duplicate", true);
+      }
+      span.end();
       return ack;
+    },
+    (error: unknown) => {
+      recordError(span, error);
+      span.end();
+      throw error;
     },
   );
 }

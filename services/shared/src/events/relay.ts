@@ -253,6 +253,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
     // Ids read whose delete has not been issued: the rows at or below maxRead we expect to see.
     const retained = new Set<number>();
     let acked: number[] = [];
+    let duplicates = 0;
     let unsettled = 0;
     let failure: unknown;
     const deletes = new Set<Promise<unknown>>();
@@ -269,11 +270,27 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
       if (acked.length === 0) return;
       const ids = acked;
       acked = [];
+      publishedTotal.inc({ duplicate: "false" }, ids.length - duplicates);
+      if (duplicates > 0) publishedTotal.inc({ duplicate: "true" }, duplicates);
+      duplicates = 0;
       // The lock client has one connection, so this delete runs before any later read counts rows.
       for (const id of ids) retained.delete(id);
       const deletion = lockSql`delete from outbox where id = any(${ids}::bigint[])`.catch(fail);
       deletes.add(deletion);
       void deletion.finally(() => deletes.delete(deletion));
+    }
+
+    // Rows of one transaction share a traceparent; parse it once.
+    let lastTraceparent: string | null = null;
+    let lastTracestate: string | null = null;
+    let lastParent = storedTraceContext(null, null);
+    function parentOf(row: OutboxRow) {
+      if (row.traceparent !== lastTraceparent || row.tracestate !== lastTracestate) {
+        lastTraceparent = row.traceparent;
+        lastTracestate = row.tracestate;
+        lastParent = storedTraceContext(row.traceparent, row.tracestate);
+      }
+      return lastParent;
     }
 
     function publish(row: OutboxRow): void {
@@ -288,12 +305,12 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
           aggregateVersion: row.aggregateVersion,
           body: row.payload,
         },
-        storedTraceContext(row.traceparent, row.tracestate),
+        parentOf(row),
       ).then(
         (ack) => {
           unsettled--;
           acked.push(row.id);
-          publishedTotal.inc({ duplicate: String(ack.duplicate) });
+          if (ack.duplicate) duplicates++;
           options.onPublished?.({ eventId: row.eventId, subject: row.subject, stream: ack.stream, seq: ack.seq, duplicate: ack.duplicate });
           if (unsettled === 0 || unsettled === maxInFlight - batchSize) activity.notify();
         },
