@@ -30,7 +30,7 @@ await runService({
     if (guard.allowPrivate) logger.warn("NOTIFIER_ALLOW_PRIVATE_HOSTS=true: webhooks may reach private and loopback addresses");
     const publicUrl = required(config, "NOTIFIER_PUBLIC_URL");
 
-    await provisionStreams(await jetstreamManager(nats), prefix, ["SEATS", "ENROLLMENT", "INGEST", "DLQ"]);
+    await provisionStreams(await jetstreamManager(nats), prefix, ["SEATS", "ENROLLMENT", "INGEST", "DLQ"], { replicas: config.EVENTS_STREAM_REPLICAS });
 
     const email = createSmtpTransport({
       url: required(config, "NOTIFIER_SMTP_URL"),
@@ -65,7 +65,16 @@ await runService({
         });
       },
     });
-    const relay = await startRelay({ sql, natsServers: required(config, "NATS_URL"), service: "notifier", prefix, logger });
+    const relay = await startRelay({
+      sql,
+      natsServers: required(config, "NATS_URL"),
+      service: "notifier",
+      prefix,
+      logger,
+      pollIntervalMs: config.OUTBOX_RELAY_POLL_INTERVAL_MS,
+      standbyRetryMs: config.OUTBOX_RELAY_STANDBY_RETRY_MS,
+      maxInFlight: config.OUTBOX_RELAY_MAX_IN_FLIGHT,
+    });
 
     const fanOutSettings = { publicUrl, coalesceMs: required(config, "NOTIFIER_COALESCE_SECONDS") * 1000 };
     const consumers: RunningConsumer[] = [];
