@@ -137,8 +137,10 @@ class LeadershipLost extends Error {
 /** Starts the relay of the service whose schema `sql` uses; it leads or stands by until `stop()`. */
 export async function startRelay(options: RelayOptions): Promise<Relay> {
   const { sql, logger, service, prefix } = options;
-  const batchSize = options.batchSize ?? 500;
-  const maxInFlight = options.maxInFlight ?? 2048;
+  const maxInFlight = Math.max(1, options.maxInFlight ?? 2048);
+  const batchSize = Math.min(options.batchSize ?? 500, maxInFlight);
+  // Read the next batch once this few publishes are still awaiting their acks.
+  const refillAt = maxInFlight - batchSize;
   const deleteBatchSize = options.deleteBatchSize ?? 500;
   const pollIntervalMs = options.pollIntervalMs ?? 1000;
   const standbyRetryMs = options.standbyRetryMs ?? 2000;
@@ -160,14 +162,18 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
     onclose: () => {
       lockGeneration++;
       activity.notify();
+      interrupt.notify();
     },
   } as unknown as postgres.Options<{}>);
 
   let stopping = false;
   let leading = false;
   let lastWakeAt = 0;
+  // Wakes the publishing loop: new rows, acks, a lost lock, stop.
   const activity = new Wakeup();
-  const standby = new Wakeup();
+  // Ends the standby's and the backoff's waits early: only stop and a lost lock, never writes, so a
+  // burst of writes during an outage does not turn into a burst of reconnects.
+  const interrupt = new Wakeup();
   let leadingWaiters: (() => void)[] = [];
   let notifyTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -225,7 +231,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
       } catch (error) {
         failures++;
         log.warn({ err: error, attempt: failures }, "outbox relay cannot reach NATS; rows wait in the outbox");
-        await activity.wait(Math.min(250 * 2 ** Math.min(failures, 5), 5000));
+        await interrupt.wait(Math.min(250 * 2 ** Math.min(failures, 5), 5000));
         continue;
       }
       try {
@@ -239,7 +245,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
       } finally {
         if (!nc.isClosed()) await nc.close().catch(() => {});
       }
-      if (!stopping && !lost() && failures > 0) await activity.wait(Math.min(50 * 2 ** Math.min(failures, 7), 5000));
+      if (!stopping && !lost() && failures > 0) await interrupt.wait(Math.min(50 * 2 ** Math.min(failures, 7), 5000));
     }
     if (lost()) throw new LeadershipLost("the relay's lock connection closed");
   }
@@ -312,7 +318,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
           acked.push(row.id);
           if (ack.duplicate) duplicates++;
           options.onPublished?.({ eventId: row.eventId, subject: row.subject, stream: ack.stream, seq: ack.seq, duplicate: ack.duplicate });
-          if (unsettled === 0 || unsettled === maxInFlight - batchSize) activity.notify();
+          if (unsettled === 0 || unsettled === refillAt) activity.notify();
         },
         (error) => {
           unsettled--;
@@ -324,7 +330,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
     try {
       while (!stopping && failure === undefined && !lost()) {
         if (acked.length >= deleteBatchSize || (unsettled === 0 && acked.length > 0)) issueDeletes();
-        if (unsettled > maxInFlight - batchSize) {
+        if (unsettled > refillAt) {
           await activity.wait(publishTimeoutMs);
           continue;
         }
@@ -402,7 +408,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
         log.warn({ err: error }, "outbox relay cannot reach Postgres to take the lock");
       }
       if (generation === undefined) {
-        await standby.wait(standbyRetryMs);
+        await interrupt.wait(standbyRetryMs);
         continue;
       }
       leading = true;
@@ -421,7 +427,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
       if (generation === lockGeneration) {
         await lockSql`select pg_advisory_unlock(${lockKey}::bigint)`.catch(() => {});
       }
-      if (!stopping) await standby.wait(standbyRetryMs);
+      if (!stopping) await interrupt.wait(standbyRetryMs);
     }
   })();
 
@@ -439,7 +445,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
       unsubscribeWrites();
       if (notifyTimer) clearTimeout(notifyTimer);
       activity.notify();
-      standby.notify();
+      interrupt.notify();
       await running;
       await unlisten?.().catch(() => {});
       await lockSql.end({ timeout: 5 });

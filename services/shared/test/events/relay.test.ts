@@ -4,7 +4,7 @@ import { context, ROOT_CONTEXT, trace, TraceFlags } from "@opentelemetry/api";
 import { enqueue, enqueueMany, startRelay, streamName, type PublishedEvent, type Relay } from "../../src/events/index.ts";
 import { startTelemetry } from "../../src/telemetry.ts";
 import { TEST_NATS_URL } from "../../src/testing/harness.ts";
-import { readStream, setupEventsTest, spawnFixture, waitUntil, type EventsTestEnv, type Fixture } from "./support.ts";
+import { readStream, setupEventsTest, spawnFixture, startNatsProxy, waitUntil, type EventsTestEnv, type Fixture } from "./support.ts";
 
 const TYPE = "coursemesh.events.v1.SeatsChanged";
 let env: EventsTestEnv;
@@ -178,4 +178,27 @@ test("a write in a process whose relay stands by wakes the leader in another pro
   expect(performance.now() - startedAt).toBeLessThan(2000);
   await leader.stop();
   await stopAll();
+});
+
+test("while NATS is unreachable rows wait in the outbox, and go out in order once it is back", async () => {
+  const proxy = await startNatsProxy();
+  try {
+    proxy.pause();
+    const published: PublishedEvent[] = [];
+    // A window of one publish at a time must work as well as a wide one.
+    await relay({ natsServers: [proxy.url], maxInFlight: 1, onPublished: (e) => published.push(e) });
+    const ids = await env.sql.begin((tx) =>
+      enqueueMany(tx, Array.from({ length: 30 }, (_, i) => ({ subject: "seats.changed.m-outage", type: TYPE, aggregateId: "m-outage", aggregateVersion: i + 1, payload: {} }))),
+    );
+    await Bun.sleep(700);
+    expect(published).toHaveLength(0);
+    expect(await outboxCount()).toBe(30);
+    proxy.resume();
+    await waitUntil(() => published.length, (n) => n >= 30, 10_000, "the rows to go out after the outage");
+    expect(published.map((e) => e.eventId)).toEqual(ids);
+    await waitUntil(outboxCount, (n) => n === 0, 5000, "the outbox to empty");
+  } finally {
+    await stopAll();
+    await proxy.close();
+  }
 });

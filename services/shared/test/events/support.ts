@@ -150,12 +150,20 @@ export interface SeverableProxy {
   url: string;
   /** Destroys every open connection through the proxy; new ones are accepted. */
   sever(): number;
+  /** Severs and refuses new connections until `resume()`: NATS is down, as far as clients can tell. */
+  pause(): void;
+  resume(): void;
   close(): Promise<void>;
 }
 
 export async function startNatsProxy(target = new URL(TEST_NATS_URL)): Promise<SeverableProxy> {
   const pairs = new Set<[Socket, Socket]>();
+  let paused = false;
   const server: Server = createServer((client) => {
+    if (paused) {
+      client.destroy();
+      return;
+    }
     const upstream = tcpConnect(Number(target.port || 4222), target.hostname);
     const pair: [Socket, Socket] = [client, upstream];
     pairs.add(pair);
@@ -184,6 +192,13 @@ export async function startNatsProxy(target = new URL(TEST_NATS_URL)): Promise<S
   return {
     url: `nats://127.0.0.1:${address.port}`,
     sever,
+    pause() {
+      paused = true;
+      sever();
+    },
+    resume() {
+      paused = false;
+    },
     async close() {
       sever();
       await new Promise<void>((resolve) => server.close(() => resolve()));
