@@ -382,7 +382,8 @@ export async function startConsumer<T = Record<string, unknown>>(options: Consum
       try {
         void pruneConsumed();
         const consumer = await js.consumers.get(stream, name);
-        messages = await consumer.consume({ max_messages: concurrency, expires: 30_000 });
+        // A deleted consumer (or stream) ends the iteration, so the loop below recreates it.
+        messages = await consumer.consume({ max_messages: concurrency, expires: 30_000, abort_on_missing_resource: true });
         if (stopping) messages.stop();
         for await (const msg of messages) {
           failures = 0;

@@ -174,10 +174,10 @@ test("a handler longer than the ack wait keeps its message (working), and stop()
     "agg-slow",
     async () => {
       calls++;
-      await Bun.sleep(2500);
+      await Bun.sleep(1500);
       finished++;
     },
-    { ackWaitMs: 1000 },
+    { ackWaitMs: 600 },
   );
   await waitUntil(() => calls, (n) => n === 1, 5000, "the handler to start");
   await consumer.stop();
@@ -186,4 +186,22 @@ test("a handler longer than the ack wait keeps its message (working), and stop()
   expect(calls).toBe(1);
   const info = await settled("slow");
   expect(info.num_redelivered).toBe(0);
+});
+
+test("a deleted durable consumer is recreated by the loop, and the stream replayed into it has no effect", async () => {
+  const applied: string[] = [];
+  const first = await publish("agg-replay", 1);
+  const second = await publish("agg-replay", 2);
+  const consumer = await consume("replay", "agg-replay", async (_tx, event) => {
+    applied.push(event.eventId);
+  });
+  await settled("replay");
+  expect(applied).toEqual([first, second]);
+
+  await env.jsm.consumers.delete(streamName(env.prefix, "SEATS"), consumerName(env.prefix, "replay"));
+  // The recreated consumer starts from the stream's beginning: both events again, both no-ops.
+  await waitUntil(() => consumer.stats().duplicate, (n) => n === 2, 15_000, "the replayed events to be recognised");
+  const third = await publish("agg-replay", 3);
+  await waitUntil(() => applied.length, (n) => n === 3, 5000, "the next event");
+  expect(applied).toEqual([first, second, third]);
 });
