@@ -373,8 +373,9 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
       order by o.id`;
     const fresh = result.filter((r) => r.id !== null).map(toRow);
     const rowsBelow = (result[0]?.rows_below as number | undefined) ?? 0;
-    if (rowsBelow <= retained.size) return fresh;
+    if (rowsBelow === retained.size) return fresh;
     // Some transaction that took a lower id committed after we read past it: it goes out first.
+    // (Fewer rows than we hold means someone else deleted ours; look anyway rather than guess.)
     const late = await lockSql`
       select id::text as id, event_id::text as event_id, subject, event_type, aggregate_id,
              aggregate_version::text as aggregate_version, payload::text as payload, traceparent, tracestate
