@@ -5,13 +5,29 @@
  * outlive the context when it is closed for being idle. Every context sends all its traffic through
  * the SSRF guard proxy. A crashed or killed browser is relaunched on the next check.
  */
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Counter, Gauge } from "prom-client";
 import puppeteer, { type Browser, type BrowserContext, type Cookie, type Page } from "puppeteer-core";
 import type { Logger } from "@coursemesh/shared/logger.ts";
 import { registry } from "@coursemesh/shared/metrics.ts";
+
+const PROFILE_PREFIX = "coursemesh-chromium-";
+
+/** Removes temporary profiles left by scraper processes that died without cleaning up (named after their pid). */
+function removeOrphanedProfiles(): void {
+  for (const entry of readdirSync(tmpdir())) {
+    if (!entry.startsWith(PROFILE_PREFIX)) continue;
+    const pid = Number(entry.slice(PROFILE_PREFIX.length).split("-")[0]);
+    if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) continue;
+    try {
+      process.kill(pid, 0);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ESRCH") rmSync(join(tmpdir(), entry), { recursive: true, force: true });
+    }
+  }
+}
 
 /** Where Debian, Ubuntu and Chrome installs put the browser; the first that exists wins. */
 const CHROMIUM_CANDIDATES = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome", "/usr/bin/google-chrome-stable", "/snap/bin/chromium"];
@@ -123,13 +139,16 @@ export class BrowserPool {
 
   private async launch(): Promise<Browser> {
     this.forgetBrowser();
-    const root = mkdtempSync(join(tmpdir(), "coursemesh-chromium-"));
+    removeOrphanedProfiles();
+    const root = mkdtempSync(join(tmpdir(), `${PROFILE_PREFIX}${process.pid}-`));
     this.profileDir = root;
     const browser = await puppeteer.launch({
       executablePath: this.options.chromiumPath,
       headless: true,
       userDataDir: join(root, "profile"),
       args: chromiumArgs(this.options.proxyUrl),
+      // Over a pipe, Chromium exits when this process dies, even by SIGKILL: no orphaned browsers.
+      pipe: true,
       // Debian's wrapper and the crash handler write under XDG dirs whatever --user-data-dir says.
       env: { ...process.env, XDG_CONFIG_HOME: join(root, "xdg-config"), XDG_CACHE_HOME: join(root, "xdg-cache") },
       timeout: 30_000,

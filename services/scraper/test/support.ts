@@ -91,7 +91,8 @@ export async function scraperEnv(options: { env?: Record<string, string>; regist
       });
     },
     async close() {
-      for (const p of processes) if (p.process.exitCode === null) await p.kill();
+      // A graceful stop closes Chromium and removes its temporary profile.
+      await Promise.all(processes.filter((p) => p.process.exitCode === null).map((p) => Promise.race([p.stop(), Bun.sleep(15_000).then(() => p.kill())])));
       sub.unsubscribe();
       await deleteStreams(await jetstreamManager(nats), prefix).catch(() => {});
       await nats.close();
