@@ -60,14 +60,15 @@ export function headerValue(value: string, maxLength = 1024): string {
 
 /** The headers of an event (without `Nats-Msg-Id`, which the publish option sets) carrying `ctx`'s trace. */
 export function eventHeaders(event: WireEvent, ctx: Context): MsgHdrs {
+  // append, not set: the map is fresh, and set() first searches it for the key on every call.
   const h = natsHeaders();
-  h.set(EventHeader.ContentType, JSON_CONTENT_TYPE);
-  h.set(EventHeader.Event, event.type);
-  if (event.aggregateId != null) h.set(EventHeader.AggregateId, event.aggregateId);
-  if (event.aggregateVersion != null) h.set(EventHeader.AggregateVersion, String(event.aggregateVersion));
+  h.append(EventHeader.ContentType, JSON_CONTENT_TYPE);
+  h.append(EventHeader.Event, event.type);
+  if (event.aggregateId != null) h.append(EventHeader.AggregateId, event.aggregateId);
+  if (event.aggregateVersion != null) h.append(EventHeader.AggregateVersion, String(event.aggregateVersion));
   const carrier = injectTraceContext({}, ctx);
-  if (carrier.traceparent) h.set(EventHeader.Traceparent, carrier.traceparent);
-  if (carrier.tracestate) h.set(EventHeader.Tracestate, carrier.tracestate);
+  if (carrier.traceparent) h.append(EventHeader.Traceparent, carrier.traceparent);
+  if (carrier.tracestate) h.append(EventHeader.Tracestate, carrier.tracestate);
   return h;
 }
 
