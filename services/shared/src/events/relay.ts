@@ -381,9 +381,12 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
              aggregate_version::text as aggregate_version, payload::text as payload, traceparent, tracestate
       from outbox
       where id <= ${maxRead} and id <> all(${[...retained]}::bigint[])
-      order by id`;
+      order by id
+      limit ${limit}`;
     if (late.length > 0) log.debug({ late: late.length }, "outbox rows committed out of id order");
-    return [...late.map(toRow), ...fresh];
+    // Within the window, and never a new row ahead of a late one still unread: unpublished fresh
+    // rows are simply read again next time, since the cursor only moves over what is published.
+    return [...late.map(toRow), ...fresh.slice(0, limit - late.length)];
   }
 
   function toRow(r: postgres.Row): OutboxRow {
