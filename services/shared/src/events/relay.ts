@@ -381,7 +381,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
              aggregate_version::text as aggregate_version, payload::text as payload, traceparent, tracestate
       from outbox
       where id <= ${maxRead} and id <> all(${[...retained]}::bigint[])
-      order by id
+      order by outbox.id
       limit ${limit}`;
     if (late.length > 0) log.debug({ late: late.length }, "outbox rows committed out of id order");
     // Within the window, and never a new row ahead of a late one still unread: unpublished fresh

@@ -99,38 +99,42 @@ test("a rolled-back transaction publishes nothing, and a subject no stream carri
   await stopAll();
 });
 
-test("a transaction that took a lower id but committed later is published before its aggregate's next event", async () => {
+test.each([
+  { window: 2048, lateEvents: 1 },
+  { window: 5, lateEvents: 20 },
+])("a transaction that took lower ids but committed later is published before its aggregate's next event (window $window)", async ({ window, lateEvents }) => {
   const published: PublishedEvent[] = [];
-  await relay({ onPublished: (e) => published.push(e) });
-  const event = (aggregate: string, version: number) => ({
-    subject: `seats.changed.${aggregate}`,
+  await relay({ maxInFlight: window, onPublished: (e) => published.push(e) });
+  const aggregate = `x-late-${window}`;
+  const event = (id: string, version: number) => ({
+    subject: `seats.changed.${id}`,
     type: TYPE,
-    aggregateId: aggregate,
+    aggregateId: id,
     aggregateVersion: version,
-    payload: { monitorId: aggregate },
+    payload: { monitorId: id },
   });
 
-  // T1 takes the lower id for X and stays open while T2 (for Y) commits and is published.
+  // T1 takes the lower ids for X and stays open while T2 (for Y) commits and is published.
   let releaseT1!: () => void;
   const t1Enqueued = Promise.withResolvers<void>();
   const t1 = env.sql.begin(async (tx) => {
-    await enqueue(tx, event("x-late", 1));
+    await enqueueMany(tx, Array.from({ length: lateEvents }, (_, i) => event(aggregate, i + 1)));
     t1Enqueued.resolve();
     await new Promise<void>((resolve) => (releaseT1 = resolve));
   });
   await t1Enqueued.promise;
-  const [yId] = await env.sql.begin((tx) => enqueueMany(tx, [event("y-early", 1)]));
+  const [yId] = await env.sql.begin((tx) => enqueueMany(tx, [event(`y-early-${window}`, 1)]));
   await waitUntil(() => published.some((e) => e.eventId === yId), Boolean, 5000, "Y to be published");
 
   releaseT1();
   await t1;
-  await env.sql.begin((tx) => enqueue(tx, event("x-late", 2)));
-  await waitUntil(() => published.length, (n) => n >= 3, 5000, "both X events");
+  await env.sql.begin((tx) => enqueue(tx, event(aggregate, lateEvents + 1)));
+  await waitUntil(() => published.length, (n) => n >= lateEvents + 2, 5000, "every X event");
   await stopAll();
 
   const messages = await readStream(env, "SEATS");
-  const xVersions = messages.filter((m) => m.subject.endsWith(".x-late")).map((m) => m.headers!.get("Coursemesh-Aggregate-Version"));
-  expect(xVersions).toEqual(["1", "2"]);
+  const xVersions = messages.filter((m) => m.subject.endsWith(`.${aggregate}`)).map((m) => Number(m.headers!.get("Coursemesh-Aggregate-Version")));
+  expect(xVersions).toEqual(Array.from({ length: lateEvents + 1 }, (_, i) => i + 1));
 });
 
 test("a standby takes over when the leader stops, and each event is published once", async () => {
