@@ -66,7 +66,7 @@ async function writeEvents(count: number, paceMs: number): Promise<void> {
         }));
         await enqueueMany(tx, events);
         // Commits land in a different order from the ids taken, as they do under load.
-        if (Math.random() < 0.2) await Bun.sleep(Math.random() * 4);
+        if (Math.random() < 0.2) await Bun.sleep(Math.random() < 0.1 ? 20 + Math.random() * 30 : Math.random() * 4);
       });
       await Bun.sleep(paceMs);
     }
