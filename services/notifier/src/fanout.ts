@@ -7,7 +7,7 @@
 import type { Tx } from "@coursemesh/shared/db";
 import { currentTraceparent } from "@coursemesh/shared/telemetry";
 import { EVENT_TYPES, renderEventMessage, type EventType, type PayloadExtras } from "./messages.ts";
-import type { Target } from "./recipients.ts";
+import type { ChannelName, Target } from "./recipients.ts";
 import * as store from "./store.ts";
 import type { SubscriptionRow } from "./store.ts";
 import { unsubscribeLink } from "./subscriptions.ts";
@@ -112,14 +112,16 @@ async function insertSeatEmail(tx: Tx, settings: FanOutSettings, base: store.New
   if (fold) await store.markCoalesced(tx, fold, base.id);
 }
 
-/** Writes the deliveries of one event; returns how many recipients it reached. */
-export async function fanOut(tx: Tx, settings: FanOutSettings, event: IncomingEvent): Promise<number> {
+/** Writes the deliveries of one event; returns the channels it wrote to (for waking the sender). */
+export async function fanOut(tx: Tx, settings: FanOutSettings, event: IncomingEvent): Promise<Set<ChannelName>> {
+  const channels = new Set<ChannelName>();
   const type = eventTypeOf(event.subject);
-  if (!type) return 0;
+  if (!type) return channels;
   const facts = factsOf(type, event.payload);
   const recipients = recipientsOf(await store.activeSubscriptionsFor(tx, facts.targets));
   const traceparent = currentTraceparent() ?? null;
   for (const subscription of recipients) {
+    channels.add(subscription.channel);
     const extras: PayloadExtras = {
       perspective: subscription.filter_kind === "student" ? "student" : "course",
       unsubscribe_url: unsubscribeLink(settings.publicUrl, subscription.unsubscribe_token),
@@ -149,5 +151,5 @@ export async function fanOut(tx: Tx, settings: FanOutSettings, event: IncomingEv
     const payload = { event: event.payload, ...extras };
     await store.insertDelivery(tx, { ...base, subject: renderEventMessage(type, payload).subject, payload });
   }
-  return recipients.length;
+  return channels;
 }

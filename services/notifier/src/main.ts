@@ -91,7 +91,7 @@ await runService({
           skipStaleVersions,
           concurrency: 8,
           async handler(tx, event, msg) {
-            await fanOut(tx, fanOutSettings, { eventId: event.eventId, subject: event.subject, payload: event.payload });
+            const channels = await fanOut(tx, fanOutSettings, { eventId: event.eventId, subject: event.subject, payload: event.payload });
             // The loop acks after its transaction commits: the moment the new deliveries are visible.
             const ack = msg.ack.bind(msg);
             msg.ack = () => {
@@ -100,7 +100,7 @@ await runService({
                 process.kill(process.pid, "SIGKILL");
               }
               ack();
-              sender.wake();
+              if (channels.size) sender.wake(channels);
             };
           },
         }),
@@ -119,7 +119,7 @@ await runService({
       confirmTtlMs: required(config, "NOTIFIER_CONFIRM_TTL_HOURS") * 60 * 60 * 1000,
       guard,
       authDisabled: Boolean(config.AUTH_DISABLED),
-      wake: () => sender.wake(),
+      wake: () => sender.wake(["EMAIL"]),
     };
     return {
       grpc: [notificationService({ sql, settings, sendTest: (input) => sender.sendTest(input) })],

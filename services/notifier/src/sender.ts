@@ -54,8 +54,8 @@ export interface SendTestInput {
 }
 
 export interface Sender {
-  /** Look for due deliveries now (after a commit that made some). */
-  wake(): void;
+  /** Look for due deliveries of these channels now (after a commit that made some). */
+  wake(channels?: Iterable<ChannelName>): void;
   /** SendTest: validates, writes a test delivery, attempts it once inline and returns it. */
   sendTest(input: SendTestInput): Promise<DeliveryRow>;
   /** Stops claiming and waits for the batches in flight to be recorded. */
@@ -104,27 +104,42 @@ export function webhookBody(row: DeliveryRow, message: Message): string {
   });
 }
 
-/** A one-shot wake-up shared by the workers; a wake during a claim is not lost. */
+/**
+ * Wake-ups for the workers. New work of a channel wakes one idle worker of that channel (a worker
+ * that claims a full batch wakes the next), so a stream of small commits does not send every
+ * worker to the database for nothing. A wake-up while no worker is idle is remembered, never lost.
+ */
 class Wakeup {
   generation = 0;
-  private waiters = new Set<() => void>();
-  notify(): void {
+  private idle: { channels: ChannelName[]; wake: () => void }[] = [];
+  /** Wakes one idle worker of `channel`. */
+  notify(channel: ChannelName): void {
     this.generation++;
-    for (const wake of this.waiters) wake();
-    this.waiters.clear();
+    const index = this.idle.findIndex((entry) => entry.channels.includes(channel));
+    if (index >= 0) this.idle.splice(index, 1)[0]!.wake();
   }
-  wait(ms: number, seen: number): Promise<void> {
+  /** Wakes every idle worker (shutdown). */
+  notifyAll(): void {
+    this.generation++;
+    for (const entry of this.idle.splice(0)) entry.wake();
+  }
+  /** Waits up to `ms` unless a wake-up came since the worker saw `seen`. */
+  wait(channels: ChannelName[], ms: number, seen: number): Promise<void> {
     if (this.generation !== seen) return Promise.resolve();
     return new Promise((resolve) => {
+      const entry = {
+        channels,
+        wake: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+      };
       const timer = setTimeout(() => {
-        this.waiters.delete(done);
+        const index = this.idle.indexOf(entry);
+        if (index >= 0) this.idle.splice(index, 1);
         resolve();
       }, ms);
-      const done = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      this.waiters.add(done);
+      this.idle.push(entry);
     });
   }
 }
@@ -237,12 +252,24 @@ export function startSender(deps: SenderDeps): Sender {
     }) as Promise<number>;
   }
 
+  // With two or more workers, one works webhooks (a slow receiver must not hold up emails) and the
+  // rest work emails; a single worker does both.
+  const channelsOf = (index: number): ChannelName[] =>
+    settings.concurrency === 1 ? ["EMAIL", "WEBHOOK"] : index === 0 ? ["WEBHOOK"] : ["EMAIL"];
+
   async function worker(index: number): Promise<void> {
     let failures = 0;
+    const channels = channelsOf(index);
     while (!stopping) {
       const seen = wakeup.generation;
       try {
-        const claimed = (await runBatch("EMAIL")) + (await runBatch("WEBHOOK"));
+        let claimed = 0;
+        for (const channel of channels) {
+          const count = await runBatch(channel);
+          // A full batch means more may be waiting: bring in another worker.
+          if (count === settings.batchSize) wakeup.notify(channel);
+          claimed += count;
+        }
         failures = 0;
         if (claimed > 0) continue;
       } catch (error) {
@@ -251,7 +278,7 @@ export function startSender(deps: SenderDeps): Sender {
         await Bun.sleep(Math.min(100 * 2 ** Math.min(failures, 6), settings.pollMs * 5));
         continue;
       }
-      await wakeup.wait(settings.pollMs, seen);
+      await wakeup.wait(channels, settings.pollMs, seen);
     }
   }
 
@@ -306,11 +333,13 @@ export function startSender(deps: SenderDeps): Sender {
   }
 
   return {
-    wake: () => wakeup.notify(),
+    wake(channels = ["EMAIL", "WEBHOOK"]) {
+      for (const channel of channels) wakeup.notify(channel);
+    },
     sendTest,
     async stop() {
       stopping = true;
-      wakeup.notify();
+      wakeup.notifyAll();
       await Promise.all(workers);
     },
   };

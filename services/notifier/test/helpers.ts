@@ -80,6 +80,8 @@ export async function startSmtp(options: { port?: number; parse?: boolean } = {}
     size: 1024 * 1024,
     // The notifier's pooled connections stay open; do not wait 30 s for them on close.
     closeTimeout: 200,
+    // Loopback clients: a reverse DNS lookup per connection would only measure the resolver.
+    disableReverseLookup: true,
     onRcptTo(address, _session, callback) {
       const rejection = state.rejectRecipient(address.address);
       if (!rejection) return callback();
@@ -125,6 +127,8 @@ export async function startSmtp(options: { port?: number; parse?: boolean } = {}
     server.once("error", reject);
     server.listen(options.port ?? 0, "127.0.0.1", () => resolve());
   });
+  // Multi-line replies (EHLO) are several writes; without this, Nagle waits on the client's delayed ACK.
+  server.server.on("connection", (socket: { setNoDelay(on: boolean): void }) => socket.setNoDelay(true));
   const address = server.server.address();
   state.port = typeof address === "object" && address ? address.port : 0;
   state.url = `smtp://127.0.0.1:${state.port}`;
