@@ -365,10 +365,7 @@ export async function startConsumer<T = Record<string, unknown>>(options: Consum
     }
   }
 
-  let lastPrune = 0;
   async function pruneConsumed(): Promise<void> {
-    if (Date.now() - lastPrune < 60 * 60 * 1000) return;
-    lastPrune = Date.now();
     await sql`
       delete from consumed_events
       where consumer = ${durable} and consumed_at < now() - make_interval(secs => ${retentionSeconds})`.catch((error) =>
@@ -376,11 +373,16 @@ export async function startConsumer<T = Record<string, unknown>>(options: Consum
     );
   }
 
+  // Hourly, from a minute after start: dedupe rows older than the retention can no longer matter.
+  const firstPrune = setTimeout(() => void pruneConsumed(), 60_000);
+  const pruning = setInterval(() => void pruneConsumed(), 60 * 60 * 1000);
+  firstPrune.unref?.();
+  pruning.unref?.();
+
   const running = (async () => {
     let failures = 0;
     while (!stopping) {
       try {
-        void pruneConsumed();
         const consumer = await js.consumers.get(stream, name);
         // A deleted consumer (or stream) ends the iteration, so the loop below recreates it.
         messages = await consumer.consume({ max_messages: concurrency, expires: 30_000, abort_on_missing_resource: true });
@@ -419,6 +421,8 @@ export async function startConsumer<T = Record<string, unknown>>(options: Consum
     stats: () => ({ ...stats }),
     async stop() {
       stopping = true;
+      clearTimeout(firstPrune);
+      clearInterval(pruning);
       messages?.stop();
       await running;
       await Promise.all(inFlight);
