@@ -117,6 +117,7 @@ function seatsChangedMessage(event: SeatsChanged, extras: PayloadExtras): Messag
   if (event.current?.waitlist !== undefined) lines.push(`Waitlist: ${event.current.waitlist}.`);
   if (event.current?.raw) lines.push(`The page said "${oneLine(event.current.raw)}" at ${when(event.observedAt)}.`);
   else lines.push(`Seen at ${when(event.observedAt)}.`);
+  if (event.current?.parseError) lines.push(`The seat text could not be read as counts (${oneLine(event.current.parseError)}); check the page.`);
   if ((extras.merged ?? 1) > 1) lines.push(`${extras.merged} changes within a few minutes are combined in this email; it shows the latest.`);
   return compose(subject, { lines, link: event.url ? { label: "Registration page", url: event.url } : undefined, footer: "You get this because you subscribed to seat changes of this section on coursemesh." }, extras);
 }

@@ -1,0 +1,113 @@
+/** The notifier's pure parts: message content, address checks, signatures, backoff, error reading. */
+import { describe, expect, test } from "bun:test";
+import { Webhook } from "standardwebhooks";
+import { eventTypeOf, recipientsOf } from "../src/fanout.ts";
+import { renderEventMessage, seatHeadline } from "../src/messages.ts";
+import { normalizeEmail, normalizeWebhookUrl, validateTarget } from "../src/recipients.ts";
+import { retryDelayMs } from "../src/sender.ts";
+import { classifySmtpError, mailDomain } from "../src/smtp.ts";
+import type { SubscriptionRow } from "../src/store.ts";
+import { signWebhook } from "../src/webhooks.ts";
+
+const seats = (open?: number, capacity = 30) => ({ open, capacity, raw: open === undefined ? "Seats: see page" : `Seats: ${open}/${capacity}` });
+const seatEvent = (previous: object | undefined, current: object) => ({
+  event: { label: "CMPUT 201 LEC A1", url: "https://registrar.example.edu/c", previous, current, observedAt: "2026-09-01T15:04:05Z" },
+});
+
+describe("seat emails say what changed", () => {
+  const cases: [string, object | undefined, object, string][] = [
+    ["seats open", seats(0), seats(3), "Seats open: CMPUT 201 LEC A1 — 0 → 3 of 30"],
+    ["full again", seats(3), seats(0), "Section full again: CMPUT 201 LEC A1 — 3 → 0 of 30"],
+    ["more seats", seats(3), seats(5), "Seats changed: CMPUT 201 LEC A1 — 3 → 5 of 30"],
+    ["first reading", undefined, seats(4), "Seats open: CMPUT 201 LEC A1 — 4 of 30"],
+    ["first reading, full", undefined, seats(0), "Section full: CMPUT 201 LEC A1 — 0 of 30"],
+    ["unparsed text", seats(2), seats(undefined), 'Seats changed: CMPUT 201 LEC A1 — 2 of 30 → "Seats: see page"'],
+  ];
+  for (const [name, previous, current, subject] of cases) {
+    test(name, () => expect(renderEventMessage("seats.changed", seatEvent(previous, current)).subject).toBe(subject));
+  }
+
+  test("event text cannot inject headers or markup", () => {
+    const message = renderEventMessage("seats.changed", {
+      event: { label: "CMPUT 201\r\nBcc: x@evil.test <script>", url: "https://e.example/", previous: seats(0), current: seats(1) },
+    });
+    expect(message.subject).not.toMatch(/[\r\n]/);
+    expect(message.html).not.toContain("<script>");
+    expect(message.html).toContain("&lt;script&gt;");
+  });
+
+  test("seatHeadline treats an unknown count as a change, not an opening", () => {
+    expect(seatHeadline(seats(1) as never, seats(undefined) as never)).toBe("Seats changed");
+  });
+});
+
+describe("address checks", () => {
+  test("emails are trimmed and lower-cased; nonsense is ADDRESS_INVALID", () => {
+    expect(normalizeEmail("  Student.One@Example.EDU ")).toBe("student.one@example.edu");
+    for (const bad of ["", "no-at-sign", "a@b", "a b@example.edu", "a@example.edu\nBcc: b@example.edu", `${"x".repeat(250)}@example.edu`]) {
+      expect(() => normalizeEmail(bad)).toThrow();
+    }
+  });
+
+  test("webhook URLs pass the SSRF guard (stub resolver: no DNS in unit tests)", async () => {
+    const publicResolver = async () => ["93.184.215.14"];
+    expect(await normalizeWebhookUrl("https://hooks.example.com/x", { allowPrivate: false, resolve: publicResolver })).toBe("https://hooks.example.com/x");
+    const privateResolver = async () => ["10.0.0.8"];
+    await expect(normalizeWebhookUrl("https://internal.example.com/x", { allowPrivate: false, resolve: privateResolver })).rejects.toMatchObject({ reason: "URL_NOT_ALLOWED" });
+    await expect(normalizeWebhookUrl("http://169.254.169.254/latest/meta-data", { allowPrivate: false, resolve: publicResolver })).rejects.toMatchObject({
+      reason: "URL_NOT_ALLOWED",
+    });
+    await expect(normalizeWebhookUrl("http://[::ffff:127.0.0.1]/", { allowPrivate: false, resolve: publicResolver })).rejects.toMatchObject({ reason: "URL_NOT_ALLOWED" });
+  });
+
+  test("filter ids: UUIDs for monitors, courses and jobs; token subjects for students", () => {
+    expect(validateTarget({ kind: "monitor", value: "0190A1B2-C3D4-7E5F-8A9B-0C1D2E3F4A5B" }).value).toBe("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b");
+    expect(validateTarget({ kind: "student", value: "auth0|Student-1" }).value).toBe("auth0|Student-1");
+    expect(() => validateTarget({ kind: "course", value: "CMPUT 201" })).toThrow();
+    expect(() => validateTarget({ kind: "student", value: "two words" })).toThrow();
+  });
+});
+
+describe("webhook signatures", () => {
+  test("a Standard Webhooks library verifies what we sign, with a whsec_ secret and with a plain one", () => {
+    const body = JSON.stringify({ type: "test", data: { hello: "world" } });
+    const timestamp = Math.floor(Date.now() / 1000);
+    const whsec = `whsec_${Buffer.from("0123456789abcdef0123456789abcdef").toString("base64")}`;
+    const headers = { "webhook-id": "msg_1", "webhook-timestamp": String(timestamp), "webhook-signature": signWebhook(whsec, "msg_1", timestamp, body) };
+    expect(new Webhook(whsec).verify(body, headers)).toEqual(JSON.parse(body));
+    const plain = "a-plain-secret-of-some-length";
+    const plainHeaders = { ...headers, "webhook-signature": signWebhook(plain, "msg_1", timestamp, body) };
+    expect(new Webhook(plain, { format: "raw" }).verify(body, plainHeaders)).toEqual(JSON.parse(body));
+  });
+});
+
+describe("retries", () => {
+  test("backoff doubles per attempt, capped, with equal jitter", () => {
+    expect(retryDelayMs(1, 1000, 60_000, () => 0)).toBe(500);
+    expect(retryDelayMs(1, 1000, 60_000, () => 1)).toBe(1000);
+    expect(retryDelayMs(4, 1000, 60_000, () => 1)).toBe(8000);
+    expect(retryDelayMs(30, 1000, 60_000, () => 1)).toBe(60_000);
+  });
+
+  test("SMTP replies: 5xx permanent, 4xx and connection trouble transient, bad credentials transient", () => {
+    expect(classifySmtpError({ responseCode: 550, response: "550 5.1.1 no such user" }).permanent).toBe(true);
+    expect(classifySmtpError({ responseCode: 451, response: "451 try later" }).permanent).toBe(false);
+    expect(classifySmtpError({ code: "ECONNECTION", message: "connect ECONNREFUSED" }).permanent).toBe(false);
+    expect(classifySmtpError({ code: "EAUTH", responseCode: 535, response: "535 bad credentials" }).permanent).toBe(false);
+    expect(mailDomain("coursemesh <notifications@Mail.Example.edu>")).toBe("mail.example.edu");
+  });
+});
+
+describe("fan-out", () => {
+  test("subjects map to notification types; course.created notifies nobody", () => {
+    expect(eventTypeOf("seats.changed.0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")).toBe("seats.changed");
+    expect(eventTypeOf("ingest.job.failed.x")).toBe("ingest.job.failed");
+    expect(eventTypeOf("ingest.course.created.x")).toBeUndefined();
+  });
+
+  test("one message per channel and address; the student's own subscription decides the voice", () => {
+    const row = (id: string, kind: SubscriptionRow["filter_kind"], address: string) => ({ id, filter_kind: kind, channel: "EMAIL", address }) as SubscriptionRow;
+    const chosen = recipientsOf([row("1", "course", "a@example.edu"), row("2", "student", "a@example.edu"), row("3", "course", "b@example.edu")]);
+    expect(chosen.map((s) => s.id).sort()).toEqual(["2", "3"]);
+  });
+});
