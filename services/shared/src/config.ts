@@ -549,6 +549,12 @@ export const CONFIG_REGISTRY = {
     default: fixed("1"),
     parse: parsers.int(1, 5),
   }),
+  INGEST_WORKER_NICE: defineVar({
+    description: "Nice value (0–19) of the PDF worker threads, so uploads and RPCs are answered first when the cores are busy; 0 treats both alike.",
+    readers: ["ingest"],
+    default: fixed("10"),
+    parse: parsers.int(0, 19),
+  }),
 } as const satisfies Record<string, VarSpec<unknown>>;
 
 export type ConfigName = keyof typeof CONFIG_REGISTRY;
