@@ -86,6 +86,59 @@ function wakeSignal() {
 /** Leases last a check's timeout plus this, so a result recorded at the deadline still holds its lease. */
 export const LEASE_MARGIN_MS = 10_000;
 
+/** What recording a check needs. */
+export interface RecordContext {
+  sql: Sql;
+  feed: MonitorFeed;
+  logger: Logger;
+  settings: Pick<ScheduleSettings, "errorAfterFailures" | "maxBackoffSeconds">;
+}
+
+/**
+ * Records a check's outcome under its lease: the monitor's state, the history row and the events
+ * in one transaction, and only while the lease's token still holds (fencing); null when the lease
+ * was lost, in which case nothing is written. An aborted check just gives its lease back.
+ */
+export async function recordOutcome(ctx: RecordContext, leased: Leased, outcome: CheckOutcome): Promise<Recorded | null> {
+  const { sql, feed, logger, settings } = ctx;
+  const { monitor, token } = leased;
+  if (outcome.kind === "aborted") {
+    // Our fault, not the page's: give the lease back and check again soon, holding nothing against it.
+    await releaseLease(sql, monitor.id, token, 1000);
+    return null;
+  }
+  const result = await transaction(sql, "scraper.record_check", async (tx) => {
+    const current = await lockLeased(tx, monitor.id, token);
+    if (!current) return null;
+    const effect = applyCheck(current, outcome, settings);
+    const events: OutboxEvent[] = [];
+    let version = current.version;
+    let changeId: string | undefined;
+    if (effect.change) {
+      changeId = Bun.randomUUIDv7();
+      version++;
+      const change = { id: changeId, monitorId: current.id, previous: effect.change.previous, current: effect.change.current, observedAt: outcome.observedAt, version };
+      await insertSeatChange(tx, change);
+      events.push(seatsChangedEvent(current, change));
+    }
+    const saved = await saveCheck(tx, current.id, token, effect, outcome.observedAt);
+    if (effect.healthChange) {
+      version++;
+      events.push(healthChangedEvent(saved, { previous: effect.healthChange.previous, current: effect.healthChange.current, version }));
+    }
+    await enqueueMany(tx, events);
+    return { monitor: saved, changeId };
+  });
+  if (!result) {
+    checksTotal.inc({ fetch_mode: monitor.fetchMode, outcome: "lease_lost" });
+    logger.warn({ monitorId: monitor.id }, "check result discarded: the lease was lost (expired or taken over)");
+    return null;
+  }
+  if (result.changeId) seatChangesTotal.inc();
+  feed.touched({ id: monitor.id, changeId: result.changeId });
+  return { monitor: result.monitor, changed: result.changeId !== undefined };
+}
+
 /** Starts the scheduler and sweeper loops of this replica. */
 export function startScheduler(options: SchedulerOptions): Scheduler {
   const { sql, checker, feed, logger, settings } = options;
@@ -96,46 +149,6 @@ export function startScheduler(options: SchedulerOptions): Scheduler {
   const wakeup = wakeSignal();
   const sweepWakeup = wakeSignal();
   let stopping = false;
-
-  /** Records a check's outcome under its lease: state, history and events in one transaction. */
-  async function record(leased: Leased, outcome: CheckOutcome): Promise<Recorded | null> {
-    const { monitor, token } = leased;
-    if (outcome.kind === "aborted") {
-      // Our fault, not the page's: give the lease back and check again soon, holding nothing against it.
-      await releaseLease(sql, monitor.id, token, 1000);
-      return null;
-    }
-    const result = await transaction(sql, "scraper.record_check", async (tx) => {
-      const current = await lockLeased(tx, monitor.id, token);
-      if (!current) return null;
-      const effect = applyCheck(current, outcome, settings);
-      const events: OutboxEvent[] = [];
-      let version = current.version;
-      let changeId: string | undefined;
-      if (effect.change) {
-        changeId = Bun.randomUUIDv7();
-        version++;
-        const change = { id: changeId, monitorId: current.id, previous: effect.change.previous, current: effect.change.current, observedAt: outcome.observedAt, version };
-        await insertSeatChange(tx, change);
-        events.push(seatsChangedEvent(current, change));
-      }
-      const saved = await saveCheck(tx, current.id, token, effect, outcome.observedAt);
-      if (effect.healthChange) {
-        version++;
-        events.push(healthChangedEvent(saved, { previous: effect.healthChange.previous, current: effect.healthChange.current, version }));
-      }
-      await enqueueMany(tx, events);
-      return { monitor: saved, changeId };
-    });
-    if (!result) {
-      checksTotal.inc({ fetch_mode: monitor.fetchMode, outcome: "lease_lost" });
-      logger.warn({ monitorId: monitor.id }, "check result discarded: the lease was lost (expired or taken over)");
-      return null;
-    }
-    if (result.changeId) seatChangesTotal.inc();
-    feed.touched({ id: monitor.id, changeId: result.changeId });
-    return { monitor: result.monitor, changed: result.changeId !== undefined };
-  }
 
   /** Runs one leased check (host slot, span, check, record). */
   async function runLeased(leased: Leased, signal: AbortSignal): Promise<Recorded | null> {
@@ -163,7 +176,7 @@ export function startScheduler(options: SchedulerOptions): Scheduler {
           span.setAttribute("coursemesh.scraper.outcome", outcome.kind);
           if (outcome.kind !== "ok") span.setAttribute("coursemesh.scraper.error", outcome.error);
           checksTotal.inc({ fetch_mode: monitor.fetchMode, outcome: outcome.kind });
-          const recorded = await record(leased, outcome);
+          const recorded = await recordOutcome({ sql, feed, logger, settings }, leased, outcome);
           if (recorded) span.setAttribute("coursemesh.scraper.changed", recorded.changed);
           return recorded;
         },
