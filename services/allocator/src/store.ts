@@ -107,6 +107,9 @@ function toRequest(row: Row): RequestRecord {
   };
 }
 
+// Timestamps travel as text (`::text::timestamptz`): postgres.js would send a timestamptz parameter
+// through a JS Date and lose the microseconds that order requests.
+
 // ---------------------------------------------------------------------------------------------
 // Courses
 
@@ -185,8 +188,6 @@ export interface InsertedRequest {
   id: string;
   createdAt: Date;
   queuePosition: number;
-  /** Undecided requests of the course right after this insert (for the ALLOCATOR_MAX_PENDING guard). */
-  coursePending: number;
 }
 
 /**
@@ -219,24 +220,25 @@ export async function insertRequests(sql: Sql, requests: readonly NewRequest[], 
     heads as (
       select distinct on (course_id) course_id, score, id from inserted order by course_id, score, id
     ),
-    ahead as (
+    ahead as materialized (
       select h.course_id,
         (select count(*) from requests p
          where p.course_id = h.course_id and p.status = 'PENDING' and (p.score, p.id) < (h.score, h.id)) as n
       from heads h
     ),
-    interleaved as (
-      select p.course_id, p.score, p.id
-      from heads h join requests p on p.course_id = h.course_id and p.status = 'PENDING' and (p.score, p.id) >= (h.score, h.id)
+    interleaved as materialized (
+      select h.course_id, p.score, p.id
+      from heads h cross join lateral (
+        select p.score, p.id from requests p
+        where p.course_id = h.course_id and p.status = 'PENDING' and (p.score, p.id) >= (h.score, h.id)
+      ) p
     )
     select i.id, i.created_at,
       (a.n
         + (select count(*) from interleaved x where x.course_id = i.course_id and (x.score, x.id) < (i.score, i.id))
-        + row_number() over (partition by i.course_id order by i.score, i.id))::int as queue_position,
-      (a.n + (select count(*) from interleaved x where x.course_id = i.course_id)
-        + count(*) over (partition by i.course_id))::int as course_pending
+        + row_number() over (partition by i.course_id order by i.score, i.id))::int as queue_position
     from inserted i join ahead a on a.course_id = i.course_id`;
-  return rows.map((row) => ({ id: row.id, createdAt: row.created_at, queuePosition: row.queue_position, coursePending: row.course_pending }));
+  return rows.map((row) => ({ id: row.id, createdAt: row.created_at, queuePosition: row.queue_position }));
 }
 
 /** Undecided requests of a course. */
@@ -299,7 +301,7 @@ export async function selectEnrolled(db: Db, courseId: string, after: PageKey | 
     select r.*, c.code as course_code, r.enrolled_at::text as page_at
     from requests r join courses c on c.id = r.course_id
     where r.course_id = ${courseId} and r.status = 'ENROLLED'
-      and (${after?.at ?? null}::timestamptz is null or (r.enrolled_at, r.id) > (${after?.at ?? null}::timestamptz, ${after?.id ?? null}::uuid))
+      and (${after?.at ?? null}::text::timestamptz is null or (r.enrolled_at, r.id) > (${after?.at ?? null}::text::timestamptz, ${after?.id ?? null}::uuid))
     order by r.enrolled_at, r.id
     limit ${limit}`;
   return rows.map((row) => ({ ...toRequest(row), pageKey: { at: row.page_at, id: row.id } }));
@@ -313,14 +315,14 @@ export async function selectWaitlist(db: Db, courseId: string, after: PageKey | 
     with page as (
       select r.*, r.score::text as page_at from requests r
       where r.course_id = ${courseId} and r.status = 'WAITLISTED'
-        and (${afterAt}::timestamptz is null or (r.score, r.id) > (${afterAt}::timestamptz, ${afterId}::uuid))
+        and (${afterAt}::text::timestamptz is null or (r.score, r.id) > (${afterAt}::text::timestamptz, ${afterId}::uuid))
       order by r.score, r.id
       limit ${limit}
     ),
     before_page as (
       select count(*)::int as n from requests w
-      where ${afterAt}::timestamptz is not null and w.course_id = ${courseId} and w.status = 'WAITLISTED'
-        and (w.score, w.id) <= (${afterAt}::timestamptz, ${afterId}::uuid)
+      where ${afterAt}::text::timestamptz is not null and w.course_id = ${courseId} and w.status = 'WAITLISTED'
+        and (w.score, w.id) <= (${afterAt}::text::timestamptz, ${afterId}::uuid)
     )
     select p.*, c.code as course_code, (select n from before_page) + row_number() over (order by p.score, p.id) as waitlist_position
     from page p join courses c on c.id = p.course_id
@@ -368,22 +370,27 @@ export async function decideBatch(tx: Tx, course: LockedCourse, limit: number, h
     flagged as (
       select b.*, row_number() over (partition by b.student_id order by b.score, b.id) as nth_of_student, live.status as live_status
       from batch b
-      left join requests live
-        on live.course_id = ${course.id} and live.student_id = b.student_id and live.status in ('ENROLLED', 'WAITLISTED')
+      -- Lateral: one index probe per request, whatever the planner thinks the batch's size is.
+      left join lateral (
+        select l.status from requests l
+        where l.course_id = ${course.id} and l.student_id = b.student_id and l.status in ('ENROLLED', 'WAITLISTED')
+        limit 1
+      ) live on true
     ),
-    contenders as (
-      select f.id, row_number() over (order by f.score, f.id) as seat_rank
-      from flagged f where f.nth_of_student = 1 and f.live_status is null
+    ranked as (
+      select f.*, (f.nth_of_student = 1 and f.live_status is null) as contends,
+        count(*) filter (where f.nth_of_student = 1 and f.live_status is null) over (order by f.score, f.id) as seat_rank
+      from flagged f
     ),
     decided as (
-      select f.id,
-        case when c.id is null then 'REJECTED' when c.seat_rank <= ${freeSeats}::int then 'ENROLLED' else 'WAITLISTED' end as status,
-        case when f.live_status = 'ENROLLED' then 'ALREADY_ENROLLED'
-             when f.live_status = 'WAITLISTED' then 'ALREADY_WAITLISTED'
-             when c.id is null then 'ALREADY_PENDING'
-             when c.seat_rank <= ${freeSeats}::int then ''
+      select r.id,
+        case when not r.contends then 'REJECTED' when r.seat_rank <= ${freeSeats}::int then 'ENROLLED' else 'WAITLISTED' end as status,
+        case when r.live_status = 'ENROLLED' then 'ALREADY_ENROLLED'
+             when r.live_status = 'WAITLISTED' then 'ALREADY_WAITLISTED'
+             when not r.contends then 'ALREADY_PENDING'
+             when r.seat_rank <= ${freeSeats}::int then ''
              else 'COURSE_FULL' end as reason
-      from flagged f left join contenders c on c.id = f.id
+      from ranked r
     ),
     updated as (
       update requests r
@@ -393,18 +400,10 @@ export async function decideBatch(tx: Tx, course: LockedCourse, limit: number, h
       where r.id = d.id and r.status = 'PENDING'
       returning r.id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
     )
-    select u.id, u.student_id, u.status, u.reason, u.created_at, u.decided_at, u.traceparent,
-      case when u.status = 'WAITLISTED' then
-        -- The snapshot predates this statement's updates, so this counts only earlier waiters, of
-        -- which those ranking after a new one (a boosted newcomer) move behind it.
-        ${course.waitlistLength}::int
-        - (select count(*) from requests w
-           where w.course_id = ${course.id} and w.status = 'WAITLISTED' and (w.score, w.id) > (u.score, u.id))::int
-        + (count(*) filter (where u.status = 'WAITLISTED') over (order by u.score, u.id))::int
-      end as waitlist_position
+    select u.id, u.student_id, u.status, u.reason, u.created_at, u.decided_at, u.traceparent, u.score::text as score_text, u.decided_at::text as decided_text
     from updated u
     order by u.score, u.id`;
-  return rows.map((row) => ({
+  const decided: DecidedRequest[] = rows.map((row) => ({
     id: row.id,
     studentId: row.student_id,
     status: row.status,
@@ -412,8 +411,32 @@ export async function decideBatch(tx: Tx, course: LockedCourse, limit: number, h
     createdAt: row.created_at,
     decidedAt: row.decided_at,
     traceparent: row.traceparent,
-    waitlistPosition: optionalInt(row.waitlist_position),
   }));
+  const waitlisted = rows.filter((row) => row.status === "WAITLISTED");
+  if (waitlisted.length === 0) return decided;
+  // Places on the waitlist: after everyone who waited before, except earlier waiters that a boosted
+  // newcomer overtakes (ranked after it). Counted in a statement of its own: inside the deciding
+  // statement the index would also hold the rows it just waitlisted, each needing a heap visit.
+  const overtaken = await tx`
+    with newcomers as (
+      select * from unnest(${waitlisted.map((row) => row.id as string)}::uuid[], ${waitlisted.map((row) => row.score_text as string)}::text[]::timestamptz[]) as n(id, score)
+    ),
+    earlier as materialized (
+      select w.score, w.id from requests w
+      where w.course_id = ${course.id} and w.status = 'WAITLISTED'
+        and (w.score, w.id) > (${waitlisted[0]!.score_text}::text::timestamptz, ${waitlisted[0]!.id}::uuid)
+        and w.decided_at < ${waitlisted[0]!.decided_text}::text::timestamptz
+    )
+    select n.id, (select count(*) from earlier e where (e.score, e.id) > (n.score, n.id))::int as behind
+    from newcomers n`;
+  const behind = new Map(overtaken.map((row) => [row.id as string, row.behind as number]));
+  let rank = 0;
+  for (const request of decided) {
+    if (request.status !== "WAITLISTED") continue;
+    rank += 1;
+    request.waitlistPosition = course.waitlistLength - (behind.get(request.id) ?? 0) + rank;
+  }
+  return decided;
 }
 
 /**
