@@ -1,0 +1,74 @@
+/**
+ * The allocator process: accepts enrollment requests, decides them in fair batches and answers for
+ * any request from any replica. Wiring only; the work is in the modules it names.
+ */
+import { jetstreamManager } from "@nats-io/jetstream";
+import { required } from "@coursemesh/shared/config.ts";
+import { provisionStreams, startRelay } from "@coursemesh/shared/events/index.ts";
+import { runService } from "@coursemesh/shared/service.ts";
+import { Allocator } from "./allocate.ts";
+import { ChangeFeed, RequestReader } from "./changes.ts";
+import { CourseDirectory } from "./courses.ts";
+import { Acceptor, DecisionWaits } from "./enroll.ts";
+import { enrollmentService } from "./grpc.ts";
+import { registerCourseGauges } from "./metrics.ts";
+
+await runService({
+  service: "allocator",
+  migrationsDir: new URL("../migrations", import.meta.url).pathname,
+  async setup({ config, logger, sql, nats, shutdown }) {
+    const prefix = config.NATS_PREFIX ?? "";
+    await provisionStreams(await jetstreamManager(nats), prefix, ["ENROLLMENT"]);
+    const relay = await startRelay({ sql, natsServers: required(config, "NATS_URL"), service: "allocator", prefix, logger });
+
+    const feed = new ChangeFeed(sql, logger);
+    const reader = new RequestReader(sql);
+    const courses = new CourseDirectory(sql);
+    const allocator = new Allocator({
+      sql,
+      logger,
+      feed,
+      batchSize: required(config, "ALLOCATOR_BATCH_SIZE"),
+      holdMs: required(config, "ALLOCATOR_HOLD_MS"),
+      workers: required(config, "ALLOCATOR_WORKERS"),
+      safetyPollMs: required(config, "ALLOCATOR_SAFETY_POLL_MS"),
+      paused: required(config, "ALLOCATOR_PAUSED"),
+      onDecided: (courseId, decided) => acceptor.noteDecided(courseId, decided.length),
+    });
+    const acceptor = new Acceptor({
+      sql,
+      logger,
+      courses,
+      feed,
+      wake: (courseIds) => allocator.wake(courseIds),
+      priorityStepMs: required(config, "ALLOCATOR_PRIORITY_STEP_MS"),
+      maxPending: required(config, "ALLOCATOR_MAX_PENDING"),
+      batchSize: required(config, "ALLOCATOR_ACCEPT_BATCH_SIZE"),
+    });
+    const waits = new DecisionWaits(feed, reader);
+    const stopping = new AbortController();
+
+    await feed.start((courseIds) => allocator.wake(courseIds));
+    registerCourseGauges(sql);
+    allocator.start();
+    process.on("SIGUSR2", () => allocator.resume());
+
+    // Waiting calls answer with their current state and watches end, so the gRPC server can close.
+    shutdown.on("stop-intake", "waits", () => {
+      stopping.abort();
+      waits.releaseAll();
+    });
+    // Accepted calls are written, then the batch in flight commits (or rolls back) whole.
+    shutdown.on("finish-in-flight", "allocation", async () => {
+      await acceptor.drained();
+      await allocator.stop();
+      await feed.stop();
+    });
+    // After the last batch committed: publish what is in flight; the next leader sends the rest.
+    shutdown.on("drain-nats", "outbox-relay", () => relay.stop());
+
+    return {
+      grpc: [enrollmentService({ sql, feed, reader, acceptor, waits, maxWaitMs: required(config, "ALLOCATOR_MAX_WAIT_MS"), stopping: stopping.signal })],
+    };
+  },
+});
