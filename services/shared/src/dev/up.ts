@@ -160,7 +160,14 @@ async function main(): Promise<number> {
   await ensureDatabase(databaseUrl);
   const natsUrl = process.env.NATS_URL ?? (await startNats());
   const secret = devJwtSecret();
-  const env = { DATABASE_URL: databaseUrl, NATS_URL: natsUrl, AUTH_JWT_SECRET: secret, LOG_LEVEL: process.env.LOG_LEVEL ?? "info" };
+  const env = {
+    DATABASE_URL: databaseUrl,
+    NATS_URL: natsUrl,
+    AUTH_JWT_SECRET: secret,
+    LOG_LEVEL: process.env.LOG_LEVEL ?? "info",
+    // Local development only: the scraper's demo registrar (and pages people test with) run on loopback.
+    SCRAPER_ALLOW_PRIVATE_HOSTS: process.env.SCRAPER_ALLOW_PRIVATE_HOSTS ?? "true",
+  };
 
   const services = SERVICE_NAMES.filter((s) => existsSync(join(REPO_ROOT, "services", s, "src", "main.ts")));
   for (const service of services) {
