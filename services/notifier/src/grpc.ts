@@ -132,6 +132,18 @@ function decodePageToken(token: string, query: unknown): string | undefined {
   });
 }
 
+/** Recipients are stored normalised (lower-cased email, parsed URL), so a filter is normalised the same way. */
+function normalizedRecipient(raw: string): string | undefined {
+  const trimmed = raw.trim();
+  if (!trimmed) return undefined;
+  if (!trimmed.includes("://")) return trimmed.toLowerCase();
+  try {
+    return new URL(trimmed).href;
+  } catch {
+    return trimmed;
+  }
+}
+
 function requireId(value: string, field: string): string {
   if (!UUID.test(value.trim())) {
     throw invalidArgument("INVALID_ID", `${field} "${value.slice(0, 80)}" is not a valid id`, { fieldViolations: [{ field, description: "must be a UUID" }] });
@@ -206,8 +218,7 @@ export function notificationService(deps: NotifierApiDeps): ServiceRegistration 
           courseId: request.courseId.trim().toLowerCase() || undefined,
           studentId: request.studentId.trim() || undefined,
           jobId: request.jobId.trim().toLowerCase() || undefined,
-          // Recipients are stored normalised: lower-cased email, parsed URL.
-          recipient: request.recipient.trim() ? (request.recipient.includes("://") ? request.recipient.trim() : request.recipient.trim().toLowerCase()) : undefined,
+          recipient: normalizedRecipient(request.recipient),
           eventId: request.eventId.trim() || undefined,
           status,
         };
