@@ -266,8 +266,9 @@ const LOOPBACK_DEFAULT = /(127\.0\.0\.1|localhost|\[::1\])/;
 
 /**
  * Variables a deployed `service` must set: the database, NATS and the collector, and every variable
- * whose default points at the developer's own machine (another service's address, the local mail
- * catcher, the local public URL), which means nothing in a container.
+ * whose default names the developer's own machine (another service's address, the local mail
+ * catcher, the local public URL, a From address at coursemesh.localhost), which means nothing in a
+ * container.
  */
 export function requiredInDeployment(service: ServiceName): ConfigName[] {
   const names = Object.keys(CONFIG_REGISTRY) as ConfigName[];
