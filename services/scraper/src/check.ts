@@ -50,13 +50,29 @@ export function hostKey(url: string): string {
 
 const seconds = (ms: number) => `${Math.round(ms / 100) / 10} s`;
 
-/** A page-side reader for `spec`, as an expression Chromium evaluates: the reading when found, else null. */
-function waitExpression(spec: ExtractorSpec): string {
-  return `(() => { const r = (${readSeatsFromDocument.toString()})(document, ${JSON.stringify(spec)}); return r.found ? r : null; })()`;
-}
-
-function diagnoseExpression(spec: ExtractorSpec): string {
-  return `(${readSeatsFromDocument.toString()})(document, ${JSON.stringify(spec)})`;
+/**
+ * A page-side wait for `spec`'s target, as one expression Chromium evaluates (a single round trip):
+ * it reads at once, then again on every DOM change, and settles with the reading, or at the timeout
+ * with why there is none.
+ */
+function waitExpression(spec: ExtractorSpec, timeoutMs: number): string {
+  return `new Promise((resolve) => {
+    const read = () => (${readSeatsFromDocument.toString()})(document, ${JSON.stringify(spec)});
+    const first = read();
+    if (first.found) return resolve(first);
+    let timer;
+    const observer = new MutationObserver(() => {
+      const reading = read();
+      if (reading.found) finish(reading);
+    });
+    const finish = (reading) => {
+      observer.disconnect();
+      clearTimeout(timer);
+      resolve(reading);
+    };
+    observer.observe(document, { childList: true, subtree: true, characterData: true });
+    timer = setTimeout(() => finish({ ...read(), timedOut: true }), ${Math.max(1, Math.round(timeoutMs))});
+  })`;
 }
 
 function portOf(url: URL): number {
@@ -100,20 +116,32 @@ export function createChecker(options: CheckerOptions): Checker {
     }
     const badResponse = responseError(response);
     if (badResponse) return { kind: "failed", error: badResponse, observedAt: new Date() };
-    let reading: PageReading;
-    try {
-      const handle = await page.waitForFunction(waitExpression(target.extractor), { timeout: remaining(), polling: "mutation" });
-      reading = (await handle.jsonValue()) as PageReading;
-      void handle.dispose();
-    } catch (error) {
-      if (!(error instanceof TimeoutError)) throw error;
-      discard();
-      // The target never showed: say what is missing, as the page stands now.
-      const now = (await page.evaluate(diagnoseExpression(target.extractor)).catch(() => null)) as PageReading | null;
-      const reason = now && !now.found ? now.reason : "the seats did not appear";
-      return { kind: "failed", error: `${reason} (waited ${seconds(timeoutMs)})`, observedAt: new Date() };
+    let reading: (PageReading & { timedOut?: boolean }) | undefined;
+    while (!reading) {
+      const evaluation = page.evaluate(waitExpression(target.extractor, remaining())) as Promise<PageReading & { timedOut?: boolean }>;
+      evaluation.catch(() => {});
+      // A page whose script hogs its thread never settles the wait: give up on it from here.
+      let stalled: ReturnType<typeof setTimeout> | undefined;
+      const stall = new Promise<"stalled">((resolve) => (stalled = setTimeout(() => resolve("stalled"), remaining() + 1000)));
+      try {
+        const settled = await Promise.race([evaluation, stall]);
+        if (settled === "stalled") {
+          discard();
+          return { kind: "failed", error: `the page stopped responding (waited ${seconds(timeoutMs)})`, observedAt: new Date() };
+        }
+        reading = settled;
+      } catch (error) {
+        // The page navigated on its own (a script redirect) while we waited: wait again in the new document.
+        if (!/context was destroyed|Cannot find context/i.test((error as Error).message) || remaining() <= 1) throw error;
+        await page.waitForNavigation({ waitUntil: "domcontentloaded", timeout: remaining() }).catch(() => {});
+      } finally {
+        clearTimeout(stalled);
+      }
     }
-    if (!reading.found) return { kind: "failed", error: reading.reason, observedAt: new Date() };
+    if (!reading.found) {
+      if (reading.timedOut) discard();
+      return { kind: "failed", error: reading.timedOut ? `${reading.reason} (waited ${seconds(timeoutMs)})` : reading.reason, observedAt: new Date() };
+    }
     return { kind: "ok", seats: seatsFromReading(reading, target.extractor), observedAt: new Date() };
   }
 
