@@ -4,7 +4,7 @@
  * dependencies only, everything it copies and runs exists in the repo, and the scraper's image
  * brings Debian's Chromium and fonts.
  */
-import { describe, expect, test } from "bun:test";
+import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { DockerfileParser, type Copy, type Instruction } from "dockerfile-ast";
@@ -76,6 +76,11 @@ function envOf(path: Stage[]): Map<string, string> {
   }
   return env;
 }
+
+// kustomize takes a few seconds on a busy machine.
+beforeAll(() => {
+  for (const overlay of ["dev", "prod"]) render(`k8s/overlays/${overlay}`);
+}, 60_000);
 
 test("the Bun base image is pinned to package.json's packageManager version", () => {
   const bunVersion = rootPackage.packageManager.replace(/^bun@/, "");

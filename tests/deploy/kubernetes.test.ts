@@ -2,7 +2,7 @@
  * k8s/: every overlay renders, every object is valid for the Kubernetes API, every workload is
  * hardened and probed, and every coursemesh service gets exactly the configuration it reads.
  */
-import { describe, expect, test } from "bun:test";
+import { beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { CONFIG_REGISTRY, loadConfig, SERVICE_NAMES, SERVICE_PORTS, type ServiceName } from "../../services/shared/src/config.ts";
@@ -34,6 +34,11 @@ const serviceWorkloads = (objects: K8sObject[]) =>
 const selects = (selector: Record<string, string> | undefined, labels: Record<string, string>) =>
   selector !== undefined && Object.entries(selector).every(([key, value]) => labels[key] === value);
 const allContainers = (w: Workload): Container[] => [...(w.pod.initContainers ?? []), ...w.pod.containers];
+
+// kustomize takes a few seconds on a busy machine; every test below reads these renders.
+beforeAll(() => {
+  for (const dir of ["k8s/base", ...OVERLAYS]) expect(render(dir).length).toBeGreaterThan(0);
+}, 60_000);
 
 test("the base and both overlays render", () => {
   for (const dir of ["k8s/base", ...OVERLAYS]) expect(render(dir).length).toBeGreaterThan(0);

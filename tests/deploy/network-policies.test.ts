@@ -3,7 +3,7 @@
  * rendered policies allow between the workloads, the cluster DNS and addresses outside the cluster
  * is listed and compared with the design's edges. Pure evaluation of manifests; no traffic.
  */
-import { describe, expect, test } from "bun:test";
+import { beforeAll, describe, expect, test } from "bun:test";
 import { SERVICE_NAMES, SERVICE_PORTS } from "../../services/shared/src/config.ts";
 import { allowedEdges, inCidr, podPeers, selectorMatches, type Peer, type PortRef } from "./network-policy.ts";
 import { render } from "./support.ts";
@@ -80,6 +80,11 @@ function designEdges(pods: Peer[], overlay: "dev" | "prod"): string[] {
   }
   return edges.sort();
 }
+
+// kustomize takes a few seconds on a busy machine.
+beforeAll(() => {
+  for (const overlay of ["dev", "prod"]) render(`k8s/overlays/${overlay}`);
+}, 60_000);
 
 describe.each(["dev", "prod"] as const)("overlays/%s", (overlay) => {
   test("the network policies allow each edge the design uses, and no other", () => {
