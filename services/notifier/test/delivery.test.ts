@@ -281,3 +281,30 @@ describe("unsubscribing from an email", () => {
     expect(await notifications({ eventId: next })).toEqual([]);
   });
 });
+
+describe("ListNotifications", () => {
+  test("pages newest first with filters; each caller sees only their own history", async () => {
+    const all = await notifications({ recipient: "Alice@Example.edu" });
+    expect(all.length).toBeGreaterThanOrEqual(4);
+    expect(all.every((n) => n.recipient === "alice@example.edu")).toBe(true);
+    const paged: string[] = [];
+    let pageToken = "";
+    do {
+      const page = await call(client, "listNotifications", { recipient: "alice@example.edu", pageSize: 3, pageToken }, tokens.operator);
+      paged.push(...page.notifications.map((n: any) => n.id));
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+    expect(paged).toEqual(all.map((n) => n.id));
+
+    const bobs = (await call(client, "listNotifications", { pageSize: 1000 }, tokens.bob)).notifications as any[];
+    expect(bobs.length).toBeGreaterThan(0);
+    expect(bobs.every((n) => n.recipient === "bob@example.edu")).toBe(true);
+    const sentOnly = (await call(client, "listNotifications", { status: NotificationStatus.NOTIFICATION_STATUS_SENT }, tokens.bob)).notifications as any[];
+    expect(sentOnly.every((n) => n.status === NotificationStatus.NOTIFICATION_STATUS_SENT)).toBe(true);
+
+    const page = await call(client, "listNotifications", { pageSize: 1 }, tokens.alice);
+    const error = await failure(call(client, "listNotifications", { pageSize: 1, pageToken: page.nextPageToken, monitorId: uuid() }, tokens.alice));
+    expect(error.code).toBe(status.INVALID_ARGUMENT);
+    expect(error.reason).toBe("INVALID_PAGE_TOKEN");
+  });
+});
