@@ -6,7 +6,10 @@
  * sees a later event of an aggregate also sees every earlier one. Reads continue after the highest
  * id read so far, and each also counts the rows at or below it: more than the relay itself still
  * holds means a transaction that took a lower id committed late, and those rows go out before the
- * new ones. On the wire, order survives failures because the relay publishes on a connection of its
+ * new ones. The count starts at a floor below which no row can still appear: the highest id read
+ * before the oldest transaction now running in the database began (ids rise with time, so any
+ * transaction holding a lower id started earlier and has ended). Without the floor the count would
+ * walk every row deleted since the last vacuum. On the wire, order survives failures because the relay publishes on a connection of its
  * own that never reconnects: nats.js would otherwise replay publishes buffered while it was
  * reconnecting, after earlier ones were lost with the old socket. A dead connection is closed, a new
  * one dialled, and publishing restarts from the oldest row not yet acknowledged; JetStream drops
@@ -129,6 +132,9 @@ class Wakeup {
     this.pending = false;
   }
 }
+
+/** How often the relay asks for the oldest running transaction to raise its floor. */
+const HORIZON_CHECK_MS = 100;
 
 class LeadershipLost extends Error {
   override name = "LeadershipLost";
@@ -256,6 +262,11 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
     const target = { js, prefix, service, timeoutMs: publishTimeoutMs };
     // Highest id read in this session; rows above it are new, rows at or below it late or ours.
     let maxRead = 0;
+    // No row at or below this id can still appear (see the module comment).
+    let floor = 0;
+    // Reads that raised maxRead, with the database clock (µs) after their snapshot: floor candidates.
+    const readMarks: { readAt: number; maxRead: number }[] = [];
+    let lastHorizonCheck = 0;
     // Ids read whose delete has not been issued: the rows at or below maxRead we expect to see.
     const retained = new Set<number>();
     let acked: number[] = [];
@@ -327,6 +338,24 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
       );
     }
 
+    /** The floor the oldest running transaction allows, or undefined when it cannot be known. */
+    async function horizonFloor(): Promise<number | undefined> {
+      lastHorizonCheck = performance.now();
+      if (readMarks.length === 0) return undefined;
+      // Autovacuum never writes the outbox; sessions of roles we may not inspect hide their start,
+      // and then we cannot vouch for any floor.
+      const [horizon] = await lockSql`
+        select (extract(epoch from min(xact_start)) * 1000000)::bigint::text as oldest,
+               count(*) filter (where query = '<insufficient privilege>')::int as hidden
+        from pg_stat_activity
+        where datname = current_database() and backend_type <> 'autovacuum worker'`;
+      if (!horizon || horizon.hidden > 0 || horizon.oldest === null) return undefined;
+      const oldest = Number(horizon.oldest);
+      let candidate: number | undefined;
+      while (readMarks.length > 0 && readMarks[0]!.readAt < oldest) candidate = readMarks.shift()!.maxRead;
+      return candidate;
+    }
+
     try {
       while (!stopping && failure === undefined && !lost()) {
         if (acked.length >= deleteBatchSize || (unsettled === 0 && acked.length > 0)) issueDeletes();
@@ -334,7 +363,10 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
           await activity.wait(publishTimeoutMs);
           continue;
         }
-        const rows = await readBatch(maxRead, retained, Math.min(batchSize, maxInFlight - unsettled));
+        const nextFloor = performance.now() - lastHorizonCheck >= HORIZON_CHECK_MS ? await horizonFloor() : undefined;
+        const { rows, readAt, sawAllBelow } = await readBatch(floor, maxRead, retained, Math.min(batchSize, maxInFlight - unsettled));
+        // Raised only now, and only if this read (after the horizon check) took every row below.
+        if (nextFloor !== undefined && nextFloor > floor && sawAllBelow) floor = nextFloor;
         if (failure !== undefined || stopping || lost()) break;
         if (rows.length === 0) {
           issueDeletes();
@@ -343,10 +375,16 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
           await activity.wait(unsettled > 0 ? publishTimeoutMs : recentlyWoken ? 10 : pollIntervalMs);
           continue;
         }
+        const maxBefore = maxRead;
         for (const row of rows) {
           retained.add(row.id);
           if (row.id > maxRead) maxRead = row.id;
           publish(row);
+        }
+        if (maxRead > maxBefore) {
+          readMarks.push({ readAt, maxRead });
+          // Dropping the oldest marks only keeps the floor lower than it could be.
+          if (readMarks.length > 10_000) readMarks.splice(0, readMarks.length - 10_000);
         }
       }
     } finally {
@@ -361,32 +399,38 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
     if (failure !== undefined) throw failure;
   }
 
-  async function readBatch(maxRead: number, retained: Set<number>, limit: number): Promise<OutboxRow[]> {
+  async function readBatch(floor: number, maxRead: number, retained: Set<number>, limit: number): Promise<{ rows: OutboxRow[]; readAt: number; sawAllBelow: boolean }> {
     const result = await lockSql`
-      with below as (select count(*)::int as n from outbox where id <= ${maxRead})
-      select below.n as rows_below, o.id::text as id, o.event_id::text as event_id, o.subject, o.event_type,
+      with below as (
+        select count(*)::int as n, (extract(epoch from clock_timestamp()) * 1000000)::bigint::text as read_at
+        from outbox where id > ${floor} and id <= ${maxRead}
+      )
+      select below.n as rows_below, below.read_at, o.id::text as id, o.event_id::text as event_id, o.subject, o.event_type,
              o.aggregate_id, o.aggregate_version::text as aggregate_version, o.payload::text as payload,
              o.traceparent, o.tracestate
       from below left join lateral (
         select * from outbox where id > ${maxRead} order by id limit ${limit}
       ) o on true
       order by o.id`;
+    const readAt = Number(result[0]?.read_at);
     const fresh = result.filter((r) => r.id !== null).map(toRow);
     const rowsBelow = (result[0]?.rows_below as number | undefined) ?? 0;
-    if (rowsBelow === retained.size) return fresh;
+    let ours = 0;
+    for (const id of retained) if (id > floor) ours++;
+    if (rowsBelow === ours) return { rows: fresh, readAt, sawAllBelow: true };
     // Some transaction that took a lower id committed after we read past it: it goes out first.
     // (Fewer rows than we hold means someone else deleted ours; look anyway rather than guess.)
     const late = await lockSql`
       select id::text as id, event_id::text as event_id, subject, event_type, aggregate_id,
              aggregate_version::text as aggregate_version, payload::text as payload, traceparent, tracestate
       from outbox
-      where id <= ${maxRead} and id <> all(${[...retained]}::bigint[])
+      where id > ${floor} and id <= ${maxRead} and id <> all(${[...retained]}::bigint[])
       order by outbox.id
       limit ${limit}`;
     if (late.length > 0) log.debug({ late: late.length }, "outbox rows committed out of id order");
     // Within the window, and never a new row ahead of a late one still unread: unpublished fresh
     // rows are simply read again next time, since the cursor only moves over what is published.
-    return [...late.map(toRow), ...fresh.slice(0, limit - late.length)];
+    return { rows: [...late.map(toRow), ...fresh.slice(0, limit - late.length)], readAt, sawAllBelow: late.length < limit };
   }
 
   function toRow(r: postgres.Row): OutboxRow {
