@@ -26,6 +26,7 @@ export interface OutboxEvent {
 /** NATS refuses messages over the server's max_payload (1 MiB by default); fail in the writer's transaction instead of wedging the relay. */
 export const MAX_EVENT_BYTES = 512 * 1024;
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const wakeListeners = new Set<() => void>();
 
 /** Subscribes a relay of this process to "an event was just written"; returns the unsubscribe. */
@@ -50,13 +51,15 @@ interface PreparedRow {
 function prepare(event: OutboxEvent, occurredAt: string): PreparedRow {
   streamForSubject(event.subject);
   if (!event.type.includes(".")) throw new Error(`event type "${event.type}" must be the message's full name, e.g. coursemesh.events.v1.SeatsChanged`);
+  if (event.eventId !== undefined && !UUID.test(event.eventId)) throw new Error(`eventId "${event.eventId}" must be a UUID`);
   const eventId = event.eventId ?? Bun.randomUUIDv7();
   const body: Record<string, unknown> = { ...event.payload, eventId };
   body.occurredAt ??= occurredAt;
   if (event.aggregateVersion !== undefined) body.aggregateVersion ??= Number(event.aggregateVersion);
   const payload = JSON.stringify(body);
-  if (payload.length > MAX_EVENT_BYTES) {
-    throw new Error(`event ${event.type} on ${event.subject} is ${payload.length} bytes; the limit is ${MAX_EVENT_BYTES}`);
+  const size = Buffer.byteLength(payload);
+  if (size > MAX_EVENT_BYTES) {
+    throw new Error(`event ${event.type} on ${event.subject} is ${size} bytes; the limit is ${MAX_EVENT_BYTES}`);
   }
   return {
     eventId,
