@@ -239,7 +239,7 @@ export function startSender(deps: SenderDeps): Sender {
       outcomes.push({ id: row.id, status: "PENDING", attempts, lastError: error.message, nextAttemptAt: new Date(Date.now() + delay), sentAt: null });
     });
     await store.recordOutcomes(tx, outcomes);
-    for (const { row, error } of failed) await deps.deadLetter(tx, { ...row, status: "FAILED", attempts: row.attempts + 1, last_error: error }, error);
+    for (const { row, error } of failed) await deps.deadLetter(tx, { ...row, status: "FAILED", attempts: row.attempts + 1, last_error: error, next_attempt_at: null }, error);
     for (const outcome of outcomes) notificationsTotal.inc({ channel: rows.find((r) => r.id === outcome.id)!.channel, status: outcome.status });
     if (failed.length) log.warn({ failed: failed.map((f) => ({ id: f.row.id, error: f.error })) }, "notifications failed for good");
   }

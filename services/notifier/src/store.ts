@@ -224,10 +224,14 @@ export async function insertDelivery(db: Db, d: NewDelivery): Promise<boolean> {
   return rows.length > 0;
 }
 
-/** The most recent seat email of a coalescing key that is not itself coalesced; skips one a sender holds. */
+/**
+ * The most recent seat email of a coalescing key that was sent or may still be: merged and
+ * suppressed ones never reached the recipient, so the window runs from the last real one. `busy`
+ * says a sender holds it right now (it counts as sent just now).
+ */
 export async function latestCoalescible(tx: Tx, key: string): Promise<{ row: DeliveryRow | undefined; busy: boolean }> {
   const [latest] = await tx<DeliveryRow[]>`
-    select * from deliveries where coalesce_key = ${key} and status <> 'COALESCED'
+    select * from deliveries where coalesce_key = ${key} and status not in ('COALESCED', 'SUPPRESSED')
     order by created_at desc, id desc limit 1`;
   if (!latest || latest.status !== "PENDING") return { row: latest, busy: false };
   // A PENDING one may be mid-send in a sender's transaction: then it counts as sent just now.
