@@ -250,7 +250,8 @@ export async function startConsumer<T = Record<string, unknown>>(options: Consum
   function serialized(key: string | null, work: () => Promise<void>): Promise<void> {
     if (!key) return work();
     const previous = aggregateChains.get(key) ?? Promise.resolve();
-    const run = previous.then(work);
+    // A failure of the previous event must not stop the ones behind it.
+    const run = previous.catch(() => {}).then(work);
     aggregateChains.set(key, run);
     void run.finally(() => {
       if (aggregateChains.get(key) === run) aggregateChains.delete(key);
@@ -311,7 +312,7 @@ export async function startConsumer<T = Record<string, unknown>>(options: Consum
 
   async function handle(msg: JsMsg): Promise<void> {
     // Keeps the message ours while it waits behind its aggregate and while the handler runs.
-    const heartbeat = setInterval(() => msg.working(), Math.max(200, Math.floor(ackWaitMs / 3)));
+    const heartbeat = setInterval(() => msg.working(), Math.max(50, Math.floor(ackWaitMs / 3)));
     try {
       let event: ConsumedEvent<T>;
       try {
