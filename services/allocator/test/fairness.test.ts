@@ -4,20 +4,23 @@
  * priority count across requests that arrive within the hold. Also the back-pressure of
  * ALLOCATOR_MAX_PENDING, which needs requests to stay pending.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { GrpcStatus } from "@coursemesh/shared/grpc/errors.ts";
 import { checkInvariants, waitUntilAllDecided } from "../src/invariants.ts";
 import { connect, courseCode, createWorld, EnrollmentStatus, failure, tokens, type TestWorld } from "./support.ts";
+
+// Tests here start processes and run bursts on a shared two-core machine: 5 s is too tight.
+setDefaultTimeout(60_000);
 
 let world: TestWorld;
 
 beforeAll(async () => {
   world = await createWorld();
-}, 30_000);
+});
 
 afterAll(async () => {
   await world?.close();
-}, 30_000);
+});
 
 describe("with allocation paused", () => {
   test("a burst of mixed priorities gets its seats in score order, and the waitlist is in score order", async () => {

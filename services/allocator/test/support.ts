@@ -2,7 +2,6 @@
  * What the allocator's tests share: a database and NATS prefix per file, allocator processes on
  * them, a promise-style gRPC client, tokens and error decoding.
  */
-import { setDefaultTimeout } from "bun:test";
 import * as grpc from "@grpc/grpc-js";
 import { jetstream, jetstreamManager, type JsMsg } from "@nats-io/jetstream";
 import { connect as connectNats } from "@nats-io/transport-node";
@@ -36,9 +35,6 @@ import {
 } from "@coursemesh/shared/testing/harness.ts";
 
 export { EnrollmentStatus } from "@coursemesh/proto/coursemesh/allocator/v1/allocator";
-
-// These tests start processes and run bursts on a shared two-core machine; bun's 5 s default is too tight.
-setDefaultTimeout(60_000);
 
 /** A test file's own database, NATS prefix and direct SQL access to the allocator's schema. */
 export interface TestWorld {
