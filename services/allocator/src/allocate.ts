@@ -2,20 +2,18 @@
  * Allocation: workers decide pending requests a batch at a time, one course per transaction. A
  * worker locks the course row (skipping it when another replica holds it), decides up to
  * ALLOCATOR_BATCH_SIZE requests with one set-based statement (fairness rule: score order among
- * eligible requests), writes their events to the outbox and the course's counters, and commits, so
- * a batch is decided whole or not at all. Workers are woken at once by accepts (in process) and by
+ * eligible requests) that also writes their events to the outbox and the course's counters, and
+ * commits, so a batch is decided whole or not at all. Workers are woken at once by accepts (in process) and by
  * other replicas' NOTIFY; a timer wakes them when the hold releases requests; a slow safety poll
  * finds work nobody announced (a crashed replica's, say).
  */
 import { trace } from "@opentelemetry/api";
 import { transaction, type Sql } from "@coursemesh/shared/db.ts";
-import { enqueueMany } from "@coursemesh/shared/events/index.ts";
 import type { Logger } from "@coursemesh/shared/logger.ts";
-import { linkFromTraceparent, type Link } from "@coursemesh/shared/telemetry.ts";
+import { injectTraceContext, linkFromTraceparent, type Link } from "@coursemesh/shared/telemetry.ts";
 import type { ChangeFeed } from "./changes.ts";
-import { decidedEvent } from "./events.ts";
 import { recordDecisions } from "./metrics.ts";
-import { decideBatch, lockCourse, msUntilEligible, selectCoursesWithPending, updateCourseRow, type DecidedRequest } from "./store.ts";
+import { decideBatch, lockCourse, msUntilEligible, selectCoursesWithPending, type DecidedRequest } from "./store.ts";
 
 export interface AllocatorOptions {
   sql: Sql;
@@ -26,6 +24,8 @@ export interface AllocatorOptions {
   workers: number;
   safetyPollMs: number;
   paused: boolean;
+  /** Tells this process's outbox relay that a batch committed events (the batch writes them in SQL, not through `enqueue`). */
+  wakeRelay: () => void;
   /** Told after each committed batch, e.g. to lower the accept path's count of pending requests. */
   onDecided?: (courseId: string, decided: readonly DecidedRequest[]) => void;
 }
@@ -141,7 +141,13 @@ export class Allocator {
           return;
         }
         if (outcome.decided >= this.options.batchSize) continue;
-        // A short batch: requests may have committed after its snapshot, or the hold keeps some back.
+        // A short batch took everything eligible in its snapshot. Without a hold, later accepts wake
+        // this worker (or, from another replica, its NOTIFY or its own retry of the lock); with one,
+        // the next request to come of age needs a timer.
+        if (this.options.holdMs === 0) {
+          if (this.wokenWhileBusy.has(courseId)) continue;
+          return;
+        }
         const waitMs = await msUntilEligible(this.options.sql, courseId, this.options.holdMs);
         if (waitMs === null) return;
         if (waitMs > 0) {
@@ -168,38 +174,23 @@ export class Allocator {
     const { sql, batchSize, holdMs } = this.options;
     const result = await transaction(sql, "allocator.allocate_batch", async (tx) => {
       const span = trace.getActiveSpan();
+      const recording = span?.isRecording() ?? false;
       span?.setAttribute("coursemesh.allocator.course_id", courseId);
       const course = await lockCourse(tx, courseId, { skipLocked: true });
       if (!course) return null;
-      const decided = await decideBatch(tx, course, batchSize, holdMs);
-      if (decided.length === 0) return decided;
-      let seatsTaken = course.seatsTaken;
-      let waitlisted = 0;
-      const events = decided.map((request, index) => {
-        if (request.status === "ENROLLED") seatsTaken += 1;
-        if (request.status === "WAITLISTED") waitlisted += 1;
-        return decidedEvent(
-          { course, version: course.version + index + 1, seatsTaken, capacity: course.capacity, occurredAt: request.decidedAt },
-          request,
-        );
-      });
-      await enqueueMany(tx, events);
-      await updateCourseRow(tx, {
-        ...course,
-        seatsTaken,
-        waitlistLength: course.waitlistLength + waitlisted,
-        version: course.version + decided.length,
-      });
-      if (span?.isRecording()) {
-        span.setAttribute("coursemesh.allocator.batch_size", decided.length);
-        span.setAttribute("coursemesh.allocator.enrolled", seatsTaken - course.seatsTaken);
+      const { traceparent = null, tracestate = null } = injectTraceContext({});
+      const batch = await decideBatch(tx, course, { limit: batchSize, holdMs, withTraceparents: recording, traceparent, tracestate });
+      if (recording && batch.requests.length > 0) {
+        span!.setAttribute("coursemesh.allocator.batch_size", batch.requests.length);
+        span!.setAttribute("coursemesh.allocator.enrolled", batch.requests.filter((request) => request.status === "ENROLLED").length);
         // The batch serves every request in it: link each one's Enroll trace.
-        span.addLinks(decided.map((request) => linkFromTraceparent(request.traceparent)).filter((link): link is Link => link !== undefined));
+        span!.addLinks(batch.requests.map((request) => linkFromTraceparent(request.traceparent)).filter((link): link is Link => link !== undefined));
       }
-      return decided;
+      return batch.requests;
     });
     if (result === null) return { locked: true };
     if (result.length > 0) {
+      this.options.wakeRelay();
       recordDecisions(result);
       this.options.onDecided?.(courseId, result);
       this.options.feed.changed(
@@ -209,4 +200,6 @@ export class Allocator {
     }
     return { locked: false, decided: result.length };
   }
+
+
 }

@@ -33,6 +33,7 @@ await runService({
       workers: required(config, "ALLOCATOR_WORKERS"),
       safetyPollMs: required(config, "ALLOCATOR_SAFETY_POLL_MS"),
       paused: required(config, "ALLOCATOR_PAUSED"),
+      wakeRelay: () => relay.wake(),
       onDecided: (courseId, decided) => acceptor.noteDecided(courseId, decided.length),
     });
     const acceptor = new Acceptor({

@@ -41,11 +41,11 @@ export const acceptBatchSize = new Histogram({
 });
 
 /** Counts a batch's decisions and their latencies. */
-export function recordDecisions(decisions: readonly { status: string; createdAt: Date; decidedAt: Date }[]): void {
+export function recordDecisions(decisions: readonly { status: string; waitedMs: number }[]): void {
   const counts = new Map<string, number>();
   for (const decision of decisions) {
     counts.set(decision.status, (counts.get(decision.status) ?? 0) + 1);
-    enrollmentLatency.observe(Math.max(0, decision.decidedAt.getTime() - decision.createdAt.getTime()) / 1000);
+    enrollmentLatency.observe(Math.max(0, decision.waitedMs) / 1000);
   }
   for (const [status, count] of counts) enrollmentRequests.inc({ status }, count);
   allocationBatchSize.observe(decisions.length);

@@ -336,36 +336,62 @@ export async function selectWaitlist(db: Db, courseId: string, after: PageKey | 
 /** One request decided by a batch, in decision (score) order. */
 export interface DecidedRequest {
   id: string;
-  studentId: string;
   status: DecidedStatus;
-  reason: string;
-  createdAt: Date;
-  decidedAt: Date;
+  /** From accept to decision. */
+  waitedMs: number;
+  /** The Enroll call's trace context, when the caller asked for it. */
   traceparent: string | null;
-  /** For WAITLISTED: the place on the waitlist at the decision. */
-  waitlistPosition?: number;
 }
 
+/** What one batch decided, and when (the database's clock; one time for the whole batch). */
+export interface DecidedBatch {
+  decidedAt: Date;
+  requests: DecidedRequest[];
+}
+
+export interface DecideOptions {
+  limit: number;
+  holdMs: number;
+  /** Return each request's stored traceparent (for span links; only worth it while tracing). */
+  withTraceparents: boolean;
+  /** Trace context stored with the outbox rows, so their publish continues the batch's trace. */
+  traceparent: string | null;
+  tracestate: string | null;
+}
+
+const EVENT_DECIDED = "coursemesh.events.v1.EnrollmentDecided";
+
 /**
- * Decides up to `limit` pending requests of a course whose lock the caller holds, in one statement:
- * requests are taken in score order among those eligible (score at least ALLOCATOR_HOLD_MS old);
- * a student's first request competes for a seat, later ones (and any whose student already holds
- * or waits for a seat) are REJECTED; contenders get the free seats in score order, the rest are
- * WAITLISTED. The statement runs after the lock, so its snapshot sees every earlier decision.
- * Returns the decisions in score order; the caller updates the course's counters.
+ * Decides up to `limit` pending requests of a course whose lock the caller holds, with one
+ * statement: requests are taken in score order among those eligible (score at least
+ * ALLOCATOR_HOLD_MS old); a student's first request competes for a seat, later ones (and any whose
+ * student already holds or waits for a seat) are REJECTED; contenders get the free seats in score
+ * order, the rest are WAITLISTED; the course's counters and version move by what was decided; and
+ * each decision's `enrollment.decided` event goes into the outbox, numbered with the course's
+ * versions in decision order. The statement runs after the lock, so its snapshot sees every
+ * earlier decision.
+ *
+ * The events are built here rather than in JavaScript and handed to `enqueueMany`: a batch decides
+ * thousands of requests, and building, serialising and re-parsing their JSON cost more than the
+ * decisions themselves and held up the process's one JavaScript thread, which also runs the relay.
+ * The payload is the proto3 JSON of coursemesh.events.v1.EnrollmentDecided (the events test reads it
+ * back with `EnrollmentDecided.fromJSON` and compares it with `toJSON`).
  */
-export async function decideBatch(tx: Tx, course: LockedCourse, limit: number, holdMs: number): Promise<DecidedRequest[]> {
+export async function decideBatch(tx: Tx, course: LockedCourse, options: DecideOptions): Promise<DecidedBatch> {
   const freeSeats = course.capacity - course.seatsTaken;
   const rows = await tx`
     with clock as materialized (
-      select clock_timestamp() as now, clock_timestamp() - make_interval(secs => ${holdMs}::int / 1000.0) as eligible_until
+      select now, now - make_interval(secs => ${options.holdMs}::int / 1000.0) as eligible_until,
+        to_char(now at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as occurred_at,
+        lpad(to_hex(floor(extract(epoch from now) * 1000)::bigint), 12, '0') as id_time
+      from (select clock_timestamp() as now) t
     ),
     batch as (
-      select r.id, r.student_id, r.score
+      select r.ctid as row_ref, r.id, r.student_id, r.score
       from requests r
       where r.course_id = ${course.id} and r.status = 'PENDING' and r.score <= (select eligible_until from clock)
       order by r.score, r.id
-      limit ${limit}
+      limit ${options.limit}
     ),
     flagged as (
       select b.*, row_number() over (partition by b.student_id order by b.score, b.id) as nth_of_student, live.status as live_status
@@ -382,8 +408,8 @@ export async function decideBatch(tx: Tx, course: LockedCourse, limit: number, h
         count(*) filter (where f.nth_of_student = 1 and f.live_status is null) over (order by f.score, f.id) as seat_rank
       from flagged f
     ),
-    decided as (
-      select r.id,
+    decided as materialized (
+      select r.row_ref,
         case when not r.contends then 'REJECTED' when r.seat_rank <= ${freeSeats}::int then 'ENROLLED' else 'WAITLISTED' end as status,
         case when r.live_status = 'ENROLLED' then 'ALREADY_ENROLLED'
              when r.live_status = 'WAITLISTED' then 'ALREADY_WAITLISTED'
@@ -397,46 +423,81 @@ export async function decideBatch(tx: Tx, course: LockedCourse, limit: number, h
       set status = d.status, reason = d.reason, decided_at = k.now, updated_at = k.now,
           enrolled_at = case when d.status = 'ENROLLED' then k.now end
       from decided d, clock k
-      where r.id = d.id and r.status = 'PENDING'
+      -- By row address (the course lock keeps them still): a TID scan of just these rows, where a
+      -- join on id would have the planner hash every pending request of the table.
+      where r.ctid = any(array(select row_ref from decided)) and r.ctid = d.row_ref and r.status = 'PENDING'
       returning r.id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
-    )
-    select u.id, u.student_id, u.status, u.reason, u.created_at, u.decided_at, u.traceparent, u.score::text as score_text, u.decided_at::text as decided_text
-    from updated u
-    order by u.score, u.id`;
-  const decided: DecidedRequest[] = rows.map((row) => ({
-    id: row.id,
-    studentId: row.student_id,
-    status: row.status,
-    reason: row.reason,
-    createdAt: row.created_at,
-    decidedAt: row.decided_at,
-    traceparent: row.traceparent,
-  }));
-  const waitlisted = rows.filter((row) => row.status === "WAITLISTED");
-  if (waitlisted.length === 0) return decided;
-  // Places on the waitlist: after everyone who waited before, except earlier waiters that a boosted
-  // newcomer overtakes (ranked after it). Counted in a statement of its own: inside the deciding
-  // statement the index would also hold the rows it just waitlisted, each needing a heap visit.
-  const overtaken = await tx`
-    with newcomers as (
-      select * from unnest(${waitlisted.map((row) => row.id as string)}::uuid[], ${waitlisted.map((row) => row.score_text as string)}::text[]::timestamptz[]) as n(id, score)
     ),
+    numbered as (
+      select u.*, row_number() over w as n,
+        count(*) filter (where u.status = 'ENROLLED') over w as enrolled_so_far,
+        count(*) filter (where u.status = 'WAITLISTED') over w as waitlisted_so_far
+      from updated u
+      window w as (order by u.score, u.id)
+    ),
+    -- Earlier waiters ranked after the batch's first newcomer: ones a boosted newcomer overtakes.
+    -- The snapshot predates this statement, so the newcomers themselves are not among them; the
+    -- range is usually empty (later arrivals rank last).
     earlier as materialized (
       select w.score, w.id from requests w
       where w.course_id = ${course.id} and w.status = 'WAITLISTED'
-        and (w.score, w.id) > (${waitlisted[0]!.score_text}::text::timestamptz, ${waitlisted[0]!.id}::uuid)
-        and w.decided_at < ${waitlisted[0]!.decided_text}::text::timestamptz
+        and (w.score, w.id) > (select x.score, x.id from numbered x where x.status = 'WAITLISTED' order by x.score, x.id limit 1)
+    ),
+    -- Places on the waitlist: after everyone who waited before, less the earlier waiters a
+    -- newcomer overtakes, counted in one window over both sets (no join between them).
+    positioned as (
+      select m.*, ${course.version}::bigint + m.n as version,
+        case when m.status = 'WAITLISTED' then ${course.waitlistLength}::int + m.waitlisted_so_far
+          - ((select count(*) from earlier) - count(*) filter (where m.is_earlier) over (order by m.score, m.id)) end as waitlist_position
+      from (
+        select x.id, x.student_id, x.score, x.status, x.reason, x.decided_at, x.n, x.enrolled_so_far, x.waitlisted_so_far, false as is_earlier
+        from numbered x
+        union all
+        select e.id, null, e.score, null, null, null, null, null, null, true from earlier e
+      ) m
+    ),
+    events as (
+      insert into outbox (event_id, subject, event_type, aggregate_id, aggregate_version, payload, traceparent, tracestate)
+      select e.event_id, 'enrollment.decided.' || ${course.id}::text, ${EVENT_DECIDED}, ${course.id}::text, e.version,
+        -- Concatenated, then parsed once: cheaper than jsonb_build_object for thousands of rows.
+        -- Strings that could need escaping go through JSON encoding (to_json, JSON.stringify).
+        ('{"eventId":"' || e.event_id || '","occurredAt":"' || k.occurred_at || '","courseId":"' || ${course.id}::text
+          || '","aggregateVersion":' || e.version
+          || ',"courseCode":' || ${JSON.stringify(course.code)}::text || ',"courseTitle":' || ${JSON.stringify(course.title)}::text
+          || ',"requestId":"' || e.id || '","studentId":' || to_json(e.student_id)::text
+          || ',"status":"ENROLLMENT_STATUS_' || e.status || '"'
+          || case when e.reason <> '' then ',"reason":"' || e.reason || '"' else '' end
+          || case when e.waitlist_position is not null then ',"waitlistPosition":' || e.waitlist_position else '' end
+          || ',"seatsTaken":' || (${course.seatsTaken}::int + e.enrolled_so_far) || ',"capacity":' || ${course.capacity}::int || '}')::jsonb,
+        ${options.traceparent}::text, ${options.tracestate}::text
+      from (
+        -- UUIDv7: the batch's millisecond, version 7, then random bits (dedupe keys, not secrets).
+        select p.*, (k.id_time || '7' || lpad(to_hex((random() * 4095)::int), 3, '0') || to_hex(8 + (random() * 3)::int)
+          || lpad(to_hex((random() * 1073741823)::bigint), 8, '0') || lpad(to_hex((random() * 268435455)::bigint), 7, '0'))::uuid as event_id
+        from positioned p, clock k
+        where not p.is_earlier
+      ) e, clock k
+      order by e.n
+    ),
+    counters as (
+      update courses c
+      set seats_taken = c.seats_taken + (select count(*) from updated where status = 'ENROLLED'),
+          waitlist_length = c.waitlist_length + (select count(*) from updated where status = 'WAITLISTED'),
+          version = c.version + (select count(*) from updated),
+          updated_at = (select now from clock)
+      where c.id = ${course.id} and exists (select 1 from updated)
     )
-    select n.id, (select count(*) from earlier e where (e.score, e.id) > (n.score, n.id))::int as behind
-    from newcomers n`;
-  const behind = new Map(overtaken.map((row) => [row.id as string, row.behind as number]));
-  let rank = 0;
-  for (const request of decided) {
-    if (request.status !== "WAITLISTED") continue;
-    rank += 1;
-    request.waitlistPosition = course.waitlistLength - (behind.get(request.id) ?? 0) + rank;
-  }
-  return decided;
+    -- Only what the caller needs, in forms that parse fast: a batch returns thousands of rows.
+    select u.id, u.status,
+      extract(epoch from u.decided_at - u.created_at)::float8 * 1000 as waited_ms,
+      case when ${options.withTraceparents}::boolean then u.traceparent end as traceparent,
+      case when u.n = 1 then u.decided_at end as batch_time
+    from numbered u
+    order by u.n`;
+  return {
+    decidedAt: (rows[0]?.batch_time as Date | undefined) ?? new Date(),
+    requests: rows.map((row) => ({ id: row.id, status: row.status, waitedMs: row.waited_ms, traceparent: row.traceparent })),
+  };
 }
 
 /**
