@@ -17,7 +17,7 @@ import { healthChangedEvent, seatsChangedEvent } from "./events.ts";
 import type { MonitorFeed } from "./feed.ts";
 import { HostLimiter } from "./host-limiter.ts";
 import { applyCheck, STALE_AFTER_INTERVALS, type FetchModeName, type MonitorRecord, type ScheduleSettings } from "./monitors.ts";
-import { claimDue, claimOne, insertSeatChange, lockLeased, markStale, releaseLease, saveCheck, selectMonitor, type Leased } from "./store.ts";
+import { claimDue, claimOne, insertSeatChange, lockLeased, markStale, releaseLease, saveCheck, saveQuietCheck, selectMonitor, type Leased } from "./store.ts";
 
 export interface SchedulerOptions {
   sql: Sql;
@@ -106,6 +106,15 @@ export async function recordOutcome(ctx: RecordContext, leased: Leased, outcome:
     // Our fault, not the page's: give the lease back and check again soon, holding nothing against it.
     await releaseLease(sql, monitor.id, token, 1000);
     return null;
+  }
+  // Most checks change nothing users care about: one statement, no row lock held across round trips.
+  const quiet = applyCheck(monitor, outcome, settings);
+  if (!quiet.change && !quiet.healthChange) {
+    const saved = await saveQuietCheck(sql, monitor.id, token, monitor.version, quiet, outcome.observedAt);
+    if (saved) {
+      feed.touched({ id: monitor.id });
+      return { monitor: saved, changed: false };
+    }
   }
   const result = await transaction(sql, "scraper.record_check", async (tx) => {
     const current = await lockLeased(tx, monitor.id, token);
@@ -205,11 +214,16 @@ export function startScheduler(options: SchedulerOptions): Scheduler {
     running.add(entry);
   }
 
+  const lastClaim: Record<FetchModeName, number> = { BROWSER: 0, HTTP: 0 };
+
   async function claimLoop(): Promise<void> {
     while (!stopping) {
       for (const mode of ["BROWSER", "HTTP"] as const) {
         const free = options.concurrency[mode] - inFlight[mode];
         if (free <= 0 || stopping) continue;
+        // Under load, claim in batches (a quarter of the slots) rather than one query per finished check.
+        if (free < Math.max(1, Math.floor(options.concurrency[mode] / 4)) && Date.now() - lastClaim[mode] < options.pollMs) continue;
+        lastClaim[mode] = Date.now();
         try {
           const leased = await claimDue(sql, { fetchMode: mode, limit: free, replica: options.replica, leaseMs, hostRoom: (host) => limiter.room(host) });
           for (const item of leased) launch(item);

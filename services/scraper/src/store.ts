@@ -191,6 +191,27 @@ export async function saveCheck(tx: Tx, id: string, token: string, effect: Check
   return toRecord(row!);
 }
 
+/**
+ * The common case in one statement: writes a check that changed nothing users care about, if the
+ * lease still holds and nothing else changed the monitor since it was claimed (same version).
+ * Null when either no longer holds; the caller then takes the locking path.
+ */
+export async function saveQuietCheck(db: Db, id: string, token: string, claimedVersion: number, effect: CheckEffect, checkedAt: Date): Promise<MonitorRecord | null> {
+  const [row] = await db`
+    update monitors set
+      seats = ${effect.seats ? db.json(effect.seats as never) : null},
+      last_checked_at = ${checkedAt},
+      last_success_at = ${effect.lastSuccessAt},
+      last_error = ${effect.lastError},
+      consecutive_failures = ${effect.consecutiveFailures},
+      next_check_at = case when mode = 'ACTIVE' then clock_timestamp() + make_interval(secs => ${effect.nextCheckDelaySeconds}) else null end,
+      lease_token = null, lease_until = null, lease_owner = null,
+      updated_at = clock_timestamp()
+    where id = ${id} and lease_token = ${token} and lease_until > clock_timestamp() and version = ${claimedVersion}
+    returning *`;
+  return row ? toRecord(row) : null;
+}
+
 /** Gives a lease back without a result (the check was ours to blame: browser crash, shutdown); due again after `retryMs`. */
 export async function releaseLease(db: Db, id: string, token: string, retryMs: number): Promise<void> {
   await db`
