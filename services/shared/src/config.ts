@@ -406,9 +406,9 @@ export const CONFIG_REGISTRY = {
     parse: parsers.int(1, 256),
   }),
   SCRAPER_HTTP_CONCURRENCY: defineVar({
-    description: "HTTP-mode checks in flight per process.",
+    description: "HTTP-mode checks in flight per process (they mostly wait on the network and Postgres).",
     readers: ["scraper"],
-    default: fixed("32"),
+    default: fixed("64"),
     parse: parsers.int(1, 1024),
   }),
   SCRAPER_HOST_CONCURRENCY: defineVar({
