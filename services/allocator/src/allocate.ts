@@ -1,11 +1,13 @@
 /**
- * Allocation: workers decide pending requests a batch at a time, one course per transaction. A
- * worker locks the course row (skipping it when another replica holds it), decides up to
- * ALLOCATOR_BATCH_SIZE requests with one set-based statement (fairness rule: score order among
- * eligible requests) that also writes their events to the outbox and the course's counters, and
- * commits, so a batch is decided whole or not at all. Workers are woken at once by accepts (in process) and by
- * other replicas' NOTIFY; a timer wakes them when the hold releases requests; a slow safety poll
- * finds work nobody announced (a crashed replica's, say).
+ * Allocation: workers decide pending requests a batch at a time. A worker takes courses that have
+ * new requests, locks their rows (skipping any another replica holds), decides up to
+ * ALLOCATOR_BATCH_SIZE requests of each with one set-based statement (fairness rule: score order
+ * among eligible requests) that also writes their events to the outbox and the courses' counters,
+ * and commits, so a batch is decided whole or not at all. One course's requests are decided by one
+ * transaction at a time (its lock); a quiet term's hundreds of courses with a few requests each
+ * share a transaction instead of paying for one each. Workers are woken at once by accepts (in
+ * process) and by other replicas' NOTIFY; a timer wakes them when the hold releases requests; a
+ * slow safety poll finds work nobody announced (a crashed replica's, say).
  */
 import { trace } from "@opentelemetry/api";
 import { transaction, type Sql } from "@coursemesh/shared/db.ts";
@@ -13,12 +15,13 @@ import type { Logger } from "@coursemesh/shared/logger.ts";
 import { injectTraceContext, linkFromTraceparent, type Link } from "@coursemesh/shared/telemetry.ts";
 import type { ChangeFeed } from "./changes.ts";
 import { recordDecisions } from "./metrics.ts";
-import { decideBatch, lockCourse, msUntilEligible, selectCoursesWithPending, type DecidedRequest } from "./store.ts";
+import { decideBatch, lockCourses, msUntilEligible, selectCoursesWithPending, type DecidedRequest } from "./store.ts";
 
 export interface AllocatorOptions {
   sql: Sql;
   logger: Logger;
   feed: ChangeFeed;
+  /** Most requests of one course decided per transaction. */
   batchSize: number;
   holdMs: number;
   workers: number;
@@ -27,19 +30,21 @@ export interface AllocatorOptions {
   /** Tells this process's outbox relay that a batch committed events (the batch writes them in SQL, not through `enqueue`). */
   wakeRelay: () => void;
   /** Told after each committed batch, e.g. to lower the accept path's count of pending requests. */
-  onDecided?: (courseId: string, decided: readonly DecidedRequest[]) => void;
+  onDecided?: (courseId: string, decided: number) => void;
 }
 
+/** Courses one transaction decides at most. */
+const COURSES_PER_BATCH = 64;
 /** How long a worker waits before trying a course another transaction holds. */
 const LOCKED_RETRY_MS = 20;
 /** Back-off after a failed batch (the database restarting, say). */
 const FAILURE_RETRY_MS = 500;
 
-type BatchOutcome = { locked: false; decided: number } | { locked: true };
-
 /** The allocation workers of one process. */
 export class Allocator {
+  /** Courses with work, in the order they got it. */
   private readonly dirty = new Set<string>();
+  /** Courses a worker of this process is deciding. */
   private readonly busy = new Set<string>();
   private readonly wokenWhileBusy = new Set<string>();
   private readonly timers = new Map<string, ReturnType<typeof setTimeout>>();
@@ -99,14 +104,16 @@ export class Allocator {
 
   private pump(): void {
     if (this.paused || this.stopping) return;
-    for (const courseId of this.dirty) {
-      if (this.running.size >= this.options.workers) return;
-      this.dirty.delete(courseId);
-      if (this.busy.has(courseId)) {
-        this.wokenWhileBusy.add(courseId);
-        continue;
+    while (this.running.size < this.options.workers && this.dirty.size > 0) {
+      const courses: string[] = [];
+      for (const courseId of this.dirty) {
+        this.dirty.delete(courseId);
+        if (this.busy.has(courseId)) this.wokenWhileBusy.add(courseId);
+        else courses.push(courseId);
+        if (courses.length === COURSES_PER_BATCH) break;
       }
-      const run: Promise<void> = this.drain(courseId).finally(() => {
+      if (courses.length === 0) return;
+      const run: Promise<void> = this.drain(courses).finally(() => {
         this.running.delete(run);
         this.pump();
       });
@@ -125,81 +132,80 @@ export class Allocator {
     );
   }
 
-  /** Decides a course's eligible requests batch after batch until none is left (or the hold keeps the rest). */
-  private async drain(courseId: string): Promise<void> {
-    this.busy.add(courseId);
-    clearTimeout(this.timers.get(courseId));
-    this.timers.delete(courseId);
-    let emptyRounds = 0;
+  /** Decides the courses' eligible requests batch after batch until none is left (or the hold keeps the rest). */
+  private async drain(courses: string[]): Promise<void> {
+    for (const courseId of courses) {
+      this.busy.add(courseId);
+      clearTimeout(this.timers.get(courseId));
+      this.timers.delete(courseId);
+    }
+    let remaining = courses;
     try {
-      while (!this.stopping && !this.paused) {
-        this.wokenWhileBusy.delete(courseId);
-        const outcome = await this.decideBatch(courseId);
-        if (outcome.locked) {
-          // Another transaction (a replica's worker, a drop, a capacity change) holds the course.
-          this.later(courseId, LOCKED_RETRY_MS);
-          return;
+      while (remaining.length > 0 && !this.stopping && !this.paused) {
+        for (const courseId of remaining) this.wokenWhileBusy.delete(courseId);
+        const { locked, decided } = await this.decideBatch(remaining);
+        // Another transaction (a replica's worker, a drop, a capacity change) holds these.
+        for (const courseId of remaining) if (!locked.has(courseId)) this.later(courseId, LOCKED_RETRY_MS);
+        // A full batch may have left more; a short one took everything eligible in its snapshot.
+        // Without a hold, later accepts wake the course (here at once; from another replica by its
+        // NOTIFY or its own retry of the lock); with one, the next request to come of age needs a timer.
+        const again = [...locked].filter((courseId) => (decided.get(courseId) ?? 0) >= this.options.batchSize || this.wokenWhileBusy.has(courseId));
+        if (this.options.holdMs > 0) {
+          const short = [...locked].filter((courseId) => !again.includes(courseId));
+          const waits = short.length ? await msUntilEligible(this.options.sql, short, this.options.holdMs) : new Map<string, number>();
+          for (const [courseId, ms] of waits) {
+            if (ms > 0) this.later(courseId, Math.ceil(ms) + 1);
+            else if ((decided.get(courseId) ?? 0) > 0) again.push(courseId);
+            // Eligible but nothing decided: committed after the snapshot; look again shortly.
+            else this.later(courseId, LOCKED_RETRY_MS);
+          }
         }
-        if (outcome.decided >= this.options.batchSize) continue;
-        // A short batch took everything eligible in its snapshot. Without a hold, later accepts wake
-        // this worker (or, from another replica, its NOTIFY or its own retry of the lock); with one,
-        // the next request to come of age needs a timer.
-        if (this.options.holdMs === 0) {
-          if (this.wokenWhileBusy.has(courseId)) continue;
-          return;
-        }
-        const waitMs = await msUntilEligible(this.options.sql, courseId, this.options.holdMs);
-        if (waitMs === null) return;
-        if (waitMs > 0) {
-          this.later(courseId, Math.ceil(waitMs) + 1);
-          return;
-        }
-        emptyRounds = outcome.decided === 0 ? emptyRounds + 1 : 0;
-        if (emptyRounds >= 3) {
-          this.later(courseId, LOCKED_RETRY_MS);
-          return;
-        }
+        remaining = again;
       }
-      if (this.paused) this.dirty.add(courseId);
+      if (this.paused) for (const courseId of remaining) this.dirty.add(courseId);
     } catch (error) {
-      this.options.logger.error({ err: error, course_id: courseId }, "allocation batch failed; retrying");
-      if (!this.stopping) this.later(courseId, FAILURE_RETRY_MS);
+      this.options.logger.error({ err: error, courses: remaining.length }, "allocation batch failed; retrying");
+      if (!this.stopping) for (const courseId of remaining) this.later(courseId, FAILURE_RETRY_MS);
     } finally {
-      this.busy.delete(courseId);
-      if (this.wokenWhileBusy.delete(courseId)) this.dirty.add(courseId);
+      for (const courseId of courses) {
+        this.busy.delete(courseId);
+        if (this.wokenWhileBusy.delete(courseId)) this.dirty.add(courseId);
+      }
     }
   }
 
-  private async decideBatch(courseId: string): Promise<BatchOutcome> {
+  private async decideBatch(courseIds: string[]): Promise<{ locked: Set<string>; decided: Map<string, number> }> {
     const { sql, batchSize, holdMs } = this.options;
     const result = await transaction(sql, "allocator.allocate_batch", async (tx) => {
       const span = trace.getActiveSpan();
       const recording = span?.isRecording() ?? false;
-      span?.setAttribute("coursemesh.allocator.course_id", courseId);
-      const course = await lockCourse(tx, courseId, { skipLocked: true });
-      if (!course) return null;
+      const locked = await lockCourses(tx, courseIds);
+      if (locked.length === 0) return { locked, requests: [] as DecidedRequest[] };
       const { traceparent = null, tracestate = null } = injectTraceContext({});
-      const batch = await decideBatch(tx, course, { limit: batchSize, holdMs, withTraceparents: recording, traceparent, tracestate });
-      if (recording && batch.requests.length > 0) {
+      const batch = await decideBatch(tx, locked, { limit: batchSize, holdMs, withTraceparents: recording, traceparent, tracestate });
+      if (recording) {
+        span!.setAttribute("coursemesh.allocator.courses", locked.length);
         span!.setAttribute("coursemesh.allocator.batch_size", batch.requests.length);
         span!.setAttribute("coursemesh.allocator.enrolled", batch.requests.filter((request) => request.status === "ENROLLED").length);
         // The batch serves every request in it: link each one's Enroll trace.
         span!.addLinks(batch.requests.map((request) => linkFromTraceparent(request.traceparent)).filter((link): link is Link => link !== undefined));
       }
-      return batch.requests;
+      return { locked, requests: batch.requests };
     });
-    if (result === null) return { locked: true };
-    if (result.length > 0) {
-      this.options.wakeRelay();
-      recordDecisions(result);
-      this.options.onDecided?.(courseId, result);
-      this.options.feed.changed(
-        courseId,
-        result.map((request) => request.id),
-      );
+    const decided = new Map<string, string[]>();
+    for (const request of result.requests) {
+      const ids = decided.get(request.courseId);
+      if (ids) ids.push(request.id);
+      else decided.set(request.courseId, [request.id]);
     }
-    return { locked: false, decided: result.length };
+    if (result.requests.length > 0) {
+      this.options.wakeRelay();
+      recordDecisions(result.requests);
+      for (const [courseId, ids] of decided) {
+        this.options.onDecided?.(courseId, ids.length);
+        this.options.feed.changed(courseId, ids);
+      }
+    }
+    return { locked: new Set(result.locked), decided: new Map([...decided].map(([courseId, ids]) => [courseId, ids.length])) };
   }
-
-
 }

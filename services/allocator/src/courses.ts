@@ -79,7 +79,7 @@ export interface CourseUpdate {
  */
 export async function updateCourse(sql: Sql, feed: ChangeFeed, update: CourseUpdate): Promise<{ course: CourseRecord; promoted: { id: string; studentId: string }[] }> {
   const result = await transaction(sql, "allocator.update_course", async (tx) => {
-    const course = await lockCourse(tx, update.id, { skipLocked: false });
+    const course = await lockCourse(tx, update.id);
     if (!course) throw courseNotFound(update.id);
     const capacity = update.capacity ?? course.capacity;
     if (capacity < course.seatsTaken) {

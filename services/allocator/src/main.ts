@@ -34,7 +34,7 @@ await runService({
       safetyPollMs: required(config, "ALLOCATOR_SAFETY_POLL_MS"),
       paused: required(config, "ALLOCATOR_PAUSED"),
       wakeRelay: () => relay.wake(),
-      onDecided: (courseId, decided) => acceptor.noteDecided(courseId, decided.length),
+      onDecided: (courseId, decided) => acceptor.noteDecided(courseId, decided),
     });
     const acceptor = new Acceptor({
       sql,

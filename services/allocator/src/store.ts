@@ -1,6 +1,6 @@
 /**
  * The allocator's SQL, one named function per statement. Every status change of a course's requests
- * runs while its caller holds the course row's lock (`lockCourse`), which is what serialises
+ * runs while its caller holds the course row's lock (`lockCourse`, `lockCourses`), which is what serialises
  * deciders, drops and capacity changes of one course across replicas.
  */
 import type { Sql, Tx } from "@coursemesh/shared/db.ts";
@@ -149,14 +149,12 @@ export async function selectCourseCode(db: Db, id: string): Promise<string | nul
 }
 
 /**
- * Locks a course row for a writer of its requests. `FOR NO KEY UPDATE` is the FOR UPDATE that does
- * not conflict with the KEY SHARE lock of a concurrent accept's foreign-key check, so deciding never
- * blocks accepting. With `skipLocked`, null also means another transaction holds it.
+ * Locks a course row for a writer of its requests (waiting for the holder). `FOR NO KEY UPDATE` is
+ * the FOR UPDATE that does not conflict with the KEY SHARE lock of a concurrent accept's
+ * foreign-key check, so changing a course's requests never blocks accepting new ones.
  */
-export async function lockCourse(tx: Tx, id: string, options: { skipLocked: boolean }): Promise<LockedCourse | null> {
-  const [row] = options.skipLocked
-    ? await tx`select id, code, title, capacity, seats_taken, waitlist_length, version from courses where id = ${id} for no key update skip locked`
-    : await tx`select id, code, title, capacity, seats_taken, waitlist_length, version from courses where id = ${id} for no key update`;
+export async function lockCourse(tx: Tx, id: string): Promise<LockedCourse | null> {
+  const [row] = await tx`select id, code, title, capacity, seats_taken, waitlist_length, version from courses where id = ${id} for no key update`;
   return row ? toLockedCourse(row) : null;
 }
 
@@ -333,9 +331,10 @@ export async function selectWaitlist(db: Db, courseId: string, after: PageKey | 
 // ---------------------------------------------------------------------------------------------
 // Deciding
 
-/** One request decided by a batch, in decision (score) order. */
+/** One request decided by a batch, in decision (score) order within its course. */
 export interface DecidedRequest {
   id: string;
+  courseId: string;
   status: DecidedStatus;
   /** From accept to decision. */
   waitedMs: number;
@@ -350,6 +349,7 @@ export interface DecidedBatch {
 }
 
 export interface DecideOptions {
+  /** Most requests decided per course. */
   limit: number;
   holdMs: number;
   /** Return each request's stored traceparent (for span links; only worth it while tracing). */
@@ -359,17 +359,25 @@ export interface DecideOptions {
   tracestate: string | null;
 }
 
+/** Locks the course rows of a batch that no other transaction holds (`lockCourse`'s lock, skipping); returns the ids it locked. */
+export async function lockCourses(tx: Tx, ids: readonly string[]): Promise<string[]> {
+  const rows = await tx`
+    select id from courses where id = any(${ids as string[]}::uuid[]) order by id for no key update skip locked`;
+  return rows.map((row) => row.id as string);
+}
+
 const EVENT_DECIDED = "coursemesh.events.v1.EnrollmentDecided";
 
 /**
- * Decides up to `limit` pending requests of a course whose lock the caller holds, with one
- * statement: requests are taken in score order among those eligible (score at least
- * ALLOCATOR_HOLD_MS old); a student's first request competes for a seat, later ones (and any whose
- * student already holds or waits for a seat) are REJECTED; contenders get the free seats in score
- * order, the rest are WAITLISTED; the course's counters and version move by what was decided; and
- * each decision's `enrollment.decided` event goes into the outbox, numbered with the course's
- * versions in decision order. The statement runs after the lock, so its snapshot sees every
- * earlier decision.
+ * Decides up to `limit` pending requests of each course in `courseIds`, whose locks the caller
+ * holds, with one statement. Per course: requests are taken in score order among those eligible
+ * (score at least ALLOCATOR_HOLD_MS old); a student's first request competes for a seat, later
+ * ones (and any whose student already holds or waits for a seat) are REJECTED; contenders get the
+ * free seats in score order, the rest are WAITLISTED; the course's counters and version move by
+ * what was decided; and each decision's `enrollment.decided` event goes into the outbox, numbered
+ * with the course's versions in decision order. The statement runs after the locks were taken, so
+ * its snapshot sees every earlier decision. Several courses share one statement and one commit
+ * because a busy term has hundreds of courses with a few new requests each.
  *
  * The events are built here rather than in JavaScript and handed to `enqueueMany`: a batch decides
  * thousands of requests, and building, serialising and re-parsing their JSON cost more than the
@@ -377,8 +385,7 @@ const EVENT_DECIDED = "coursemesh.events.v1.EnrollmentDecided";
  * The payload is the proto3 JSON of coursemesh.events.v1.EnrollmentDecided (the events test reads it
  * back with `EnrollmentDecided.fromJSON` and compares it with `toJSON`).
  */
-export async function decideBatch(tx: Tx, course: LockedCourse, options: DecideOptions): Promise<DecidedBatch> {
-  const freeSeats = course.capacity - course.seatsTaken;
+export async function decideBatch(tx: Tx, courseIds: readonly string[], options: DecideOptions): Promise<DecidedBatch> {
   const rows = await tx`
     with clock as materialized (
       select now, now - make_interval(secs => ${options.holdMs}::int / 1000.0) as eligible_until,
@@ -386,35 +393,44 @@ export async function decideBatch(tx: Tx, course: LockedCourse, options: DecideO
         lpad(to_hex(floor(extract(epoch from now) * 1000)::bigint), 12, '0') as id_time
       from (select clock_timestamp() as now) t
     ),
+    course as materialized (
+      select c.id, c.capacity, c.seats_taken, c.waitlist_length, c.version, c.capacity - c.seats_taken as free_seats,
+        to_json(c.code)::text as code_json, to_json(c.title)::text as title_json
+      from courses c where c.id = any(${courseIds as string[]}::uuid[])
+    ),
     batch as (
-      select r.ctid as row_ref, r.id, r.student_id, r.score
-      from requests r
-      where r.course_id = ${course.id} and r.status = 'PENDING' and r.score <= (select eligible_until from clock)
-      order by r.score, r.id
-      limit ${options.limit}
+      select b.* from course c
+      cross join lateral (
+        select r.ctid as row_ref, r.id, r.course_id, r.student_id, r.score
+        from requests r
+        where r.course_id = c.id and r.status = 'PENDING' and r.score <= (select eligible_until from clock)
+        order by r.score, r.id
+        limit ${options.limit}
+      ) b
     ),
     flagged as (
-      select b.*, row_number() over (partition by b.student_id order by b.score, b.id) as nth_of_student, live.status as live_status
+      select b.*, row_number() over (partition by b.course_id, b.student_id order by b.score, b.id) as nth_of_student, live.status as live_status
       from batch b
       -- Lateral: one index probe per request, whatever the planner thinks the batch's size is.
       left join lateral (
         select l.status from requests l
-        where l.course_id = ${course.id} and l.student_id = b.student_id and l.status in ('ENROLLED', 'WAITLISTED')
+        where l.course_id = b.course_id and l.student_id = b.student_id and l.status in ('ENROLLED', 'WAITLISTED')
         limit 1
       ) live on true
     ),
     ranked as (
       select f.*, (f.nth_of_student = 1 and f.live_status is null) as contends,
-        count(*) filter (where f.nth_of_student = 1 and f.live_status is null) over (order by f.score, f.id) as seat_rank
+        count(*) filter (where f.nth_of_student = 1 and f.live_status is null) over (partition by f.course_id order by f.score, f.id) as seat_rank,
+        (select c.free_seats from course c where c.id = f.course_id) as free_seats
       from flagged f
     ),
     decided as materialized (
       select r.row_ref,
-        case when not r.contends then 'REJECTED' when r.seat_rank <= ${freeSeats}::int then 'ENROLLED' else 'WAITLISTED' end as status,
+        case when not r.contends then 'REJECTED' when r.seat_rank <= r.free_seats then 'ENROLLED' else 'WAITLISTED' end as status,
         case when r.live_status = 'ENROLLED' then 'ALREADY_ENROLLED'
              when r.live_status = 'WAITLISTED' then 'ALREADY_WAITLISTED'
              when not r.contends then 'ALREADY_PENDING'
-             when r.seat_rank <= ${freeSeats}::int then ''
+             when r.seat_rank <= r.free_seats then ''
              else 'COURSE_FULL' end as reason
       from ranked r
     ),
@@ -423,93 +439,106 @@ export async function decideBatch(tx: Tx, course: LockedCourse, options: DecideO
       set status = d.status, reason = d.reason, decided_at = k.now, updated_at = k.now,
           enrolled_at = case when d.status = 'ENROLLED' then k.now end
       from decided d, clock k
-      -- By row address (the course lock keeps them still): a TID scan of just these rows, where a
+      -- By row address (the course locks keep them still): a TID scan of just these rows, where a
       -- join on id would have the planner hash every pending request of the table.
       where r.ctid = any(array(select row_ref from decided)) and r.ctid = d.row_ref and r.status = 'PENDING'
-      returning r.id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
+      returning r.id, r.course_id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
     ),
     numbered as (
       select u.*, row_number() over w as n,
         count(*) filter (where u.status = 'ENROLLED') over w as enrolled_so_far,
         count(*) filter (where u.status = 'WAITLISTED') over w as waitlisted_so_far
       from updated u
-      window w as (order by u.score, u.id)
+      window w as (partition by u.course_id order by u.score, u.id)
     ),
-    -- Earlier waiters ranked after the batch's first newcomer: ones a boosted newcomer overtakes.
+    -- Earlier waiters ranked after a course's first newcomer: ones a boosted newcomer overtakes.
     -- The snapshot predates this statement, so the newcomers themselves are not among them; the
     -- range is usually empty (later arrivals rank last).
     earlier as materialized (
-      select w.score, w.id from requests w
-      where w.course_id = ${course.id} and w.status = 'WAITLISTED'
-        and (w.score, w.id) > (select x.score, x.id from numbered x where x.status = 'WAITLISTED' order by x.score, x.id limit 1)
+      select w.* from (
+        select distinct on (x.course_id) x.course_id, x.score, x.id from numbered x
+        where x.status = 'WAITLISTED' order by x.course_id, x.score, x.id
+      ) f
+      cross join lateral (
+        select w.course_id, w.score, w.id from requests w
+        where w.course_id = f.course_id and w.status = 'WAITLISTED' and (w.score, w.id) > (f.score, f.id)
+      ) w
     ),
     -- Places on the waitlist: after everyone who waited before, less the earlier waiters a
     -- newcomer overtakes, counted in one window over both sets (no join between them).
     positioned as (
-      select m.*, ${course.version}::bigint + m.n as version,
-        case when m.status = 'WAITLISTED' then ${course.waitlistLength}::int + m.waitlisted_so_far
-          - ((select count(*) from earlier) - count(*) filter (where m.is_earlier) over (order by m.score, m.id)) end as waitlist_position
+      select m.*,
+        case when m.status = 'WAITLISTED' then m.waitlisted_so_far
+          - (count(*) filter (where m.is_earlier) over (partition by m.course_id)
+             - count(*) filter (where m.is_earlier) over (partition by m.course_id order by m.score, m.id)) end as waitlist_rank
       from (
-        select x.id, x.student_id, x.score, x.status, x.reason, x.decided_at, x.n, x.enrolled_so_far, x.waitlisted_so_far, false as is_earlier
+        select x.id, x.course_id, x.student_id, x.score, x.status, x.reason, x.n, x.enrolled_so_far, x.waitlisted_so_far, false as is_earlier
         from numbered x
         union all
-        select e.id, null, e.score, null, null, null, null, null, null, true from earlier e
+        select e.id, e.course_id, null, e.score, null, null, null, null, null, true from earlier e
       ) m
     ),
     events as (
       insert into outbox (event_id, subject, event_type, aggregate_id, aggregate_version, payload, traceparent, tracestate)
-      select e.event_id, 'enrollment.decided.' || ${course.id}::text, ${EVENT_DECIDED}, ${course.id}::text, e.version,
+      select e.event_id, 'enrollment.decided.' || e.course_id, ${EVENT_DECIDED}, e.course_id::text, e.version,
         -- Concatenated, then parsed once: cheaper than jsonb_build_object for thousands of rows.
-        -- Strings that could need escaping go through JSON encoding (to_json, JSON.stringify).
-        ('{"eventId":"' || e.event_id || '","occurredAt":"' || k.occurred_at || '","courseId":"' || ${course.id}::text
-          || '","aggregateVersion":' || e.version
-          || ',"courseCode":' || ${JSON.stringify(course.code)}::text || ',"courseTitle":' || ${JSON.stringify(course.title)}::text
+        -- Strings that could need escaping go through JSON encoding (to_json).
+        ('{"eventId":"' || e.event_id || '","occurredAt":"' || k.occurred_at || '","courseId":"' || e.course_id
+          || '","aggregateVersion":' || e.version || ',"courseCode":' || c.code_json || ',"courseTitle":' || c.title_json
           || ',"requestId":"' || e.id || '","studentId":' || to_json(e.student_id)::text
           || ',"status":"ENROLLMENT_STATUS_' || e.status || '"'
           || case when e.reason <> '' then ',"reason":"' || e.reason || '"' else '' end
-          || case when e.waitlist_position is not null then ',"waitlistPosition":' || e.waitlist_position else '' end
-          || ',"seatsTaken":' || (${course.seatsTaken}::int + e.enrolled_so_far) || ',"capacity":' || ${course.capacity}::int || '}')::jsonb,
+          || case when e.waitlist_rank is not null then ',"waitlistPosition":' || (c.waitlist_length + e.waitlist_rank) else '' end
+          || ',"seatsTaken":' || (c.seats_taken + e.enrolled_so_far) || ',"capacity":' || c.capacity || '}')::jsonb,
         ${options.traceparent}::text, ${options.tracestate}::text
       from (
         -- UUIDv7: the batch's millisecond, version 7, then random bits (dedupe keys, not secrets).
-        select p.*, (k.id_time || '7' || lpad(to_hex((random() * 4095)::int), 3, '0') || to_hex(8 + (random() * 3)::int)
-          || lpad(to_hex((random() * 1073741823)::bigint), 8, '0') || lpad(to_hex((random() * 268435455)::bigint), 7, '0'))::uuid as event_id
+        select p.*, (select c.version from course c where c.id = p.course_id) + p.n as version,
+          (k.id_time || '7' || lpad(to_hex((random() * 4095)::int), 3, '0') || to_hex(8 + (random() * 3)::int)
+            || lpad(to_hex((random() * 1073741823)::bigint), 8, '0') || lpad(to_hex((random() * 268435455)::bigint), 7, '0'))::uuid as event_id
         from positioned p, clock k
         where not p.is_earlier
-      ) e, clock k
-      order by e.n
+      ) e
+      join course c on c.id = e.course_id
+      cross join clock k
+      order by e.course_id, e.n
     ),
     counters as (
       update courses c
-      set seats_taken = c.seats_taken + (select count(*) from updated where status = 'ENROLLED'),
-          waitlist_length = c.waitlist_length + (select count(*) from updated where status = 'WAITLISTED'),
-          version = c.version + (select count(*) from updated),
-          updated_at = (select now from clock)
-      where c.id = ${course.id} and exists (select 1 from updated)
+      set seats_taken = c.seats_taken + d.enrolled, waitlist_length = c.waitlist_length + d.waitlisted,
+          version = c.version + d.decided, updated_at = (select now from clock)
+      from (
+        select course_id, count(*) filter (where status = 'ENROLLED') as enrolled,
+          count(*) filter (where status = 'WAITLISTED') as waitlisted, count(*) as decided
+        from updated group by course_id
+      ) d
+      where c.id = d.course_id
     )
     -- Only what the caller needs, in forms that parse fast: a batch returns thousands of rows.
-    select u.id, u.status,
+    select u.id, u.course_id, u.status,
       extract(epoch from u.decided_at - u.created_at)::float8 * 1000 as waited_ms,
       case when ${options.withTraceparents}::boolean then u.traceparent end as traceparent,
       case when u.n = 1 then u.decided_at end as batch_time
-    from numbered u
-    order by u.n`;
+    from numbered u`;
+  const first = rows.find((row) => row.batch_time);
   return {
-    decidedAt: (rows[0]?.batch_time as Date | undefined) ?? new Date(),
-    requests: rows.map((row) => ({ id: row.id, status: row.status, waitedMs: row.waited_ms, traceparent: row.traceparent })),
+    decidedAt: (first?.batch_time as Date | undefined) ?? new Date(),
+    requests: rows.map((row) => ({ id: row.id, courseId: row.course_id, status: row.status, waitedMs: row.waited_ms, traceparent: row.traceparent })),
   };
 }
 
 /**
- * Milliseconds until the course's first undecided request becomes eligible under the hold (0 when
- * one is eligible now), or null when nothing is pending.
+ * Per course, milliseconds until its first undecided request becomes eligible under the hold (0
+ * when one is eligible now); courses with nothing pending are left out.
  */
-export async function msUntilEligible(db: Db, courseId: string, holdMs: number): Promise<number | null> {
-  const [row] = await db`
-    select greatest(0, extract(epoch from (score + make_interval(secs => ${holdMs}::int / 1000.0) - clock_timestamp())) * 1000)::float8 as ms
-    from requests where course_id = ${courseId} and status = 'PENDING'
-    order by score, id limit 1`;
-  return row ? row.ms : null;
+export async function msUntilEligible(db: Db, courseIds: readonly string[], holdMs: number): Promise<Map<string, number>> {
+  const rows = await db`
+    select c.id, greatest(0, extract(epoch from (first.score + make_interval(secs => ${holdMs}::int / 1000.0) - clock_timestamp())) * 1000)::float8 as ms
+    from unnest(${courseIds as string[]}::uuid[]) as c(id)
+    cross join lateral (
+      select r.score from requests r where r.course_id = c.id and r.status = 'PENDING' order by r.score, r.id limit 1
+    ) first`;
+  return new Map(rows.map((row) => [row.id as string, row.ms as number]));
 }
 
 /** Courses with undecided requests (the safety net's and start-up's view of the work). */

@@ -50,7 +50,7 @@ export async function dropEnrollment(sql: Sql, feed: ChangeFeed, input: DropInpu
   let outcome: { drop: DropRecord; repeated: boolean };
   try {
     outcome = await transaction(sql, "allocator.drop", async (tx) => {
-      const course = await lockCourse(tx, input.courseId, { skipLocked: false });
+      const course = await lockCourse(tx, input.courseId);
       if (!course) throw courseNotFound(input.courseId);
       const earlier = await selectDrop(tx, input.idempotencyKey);
       if (earlier) {
