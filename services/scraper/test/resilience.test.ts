@@ -3,6 +3,8 @@
 // relaunched without losing a monitor. Real Chromium, Postgres and NATS; the demo registrar on
 // 127.0.0.1 (healthy pages) and 127.0.0.2 (broken pages: the per-host cap is per host by design).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readdirSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { MonitorHealth, type Monitor } from "@coursemesh/proto/coursemesh/scraper/v1/scraper";
 import type { ServiceProcess } from "@coursemesh/shared/testing/harness.ts";
 import { testToken } from "@coursemesh/shared/testing/harness.ts";
@@ -131,4 +133,19 @@ describe("the browser", () => {
     await eventually(async () => (env.registrar.hits("bystander").length >= before + 2 ? true : undefined), 10_000, "bystander checks");
     expect((await get(bystander.id)).health).toBe(MonitorHealth.MONITOR_HEALTH_HEALTHY);
   }, 60_000);
+
+  test("SIGTERM: in-flight work finishes, Chromium and its profile are gone, exit 0", async () => {
+    const chromium = scraper.logs.filter((l) => l.msg === "Chromium launched").at(-1)!.pid as number;
+    expect(await scraper.stop()).toBe(0);
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0);
+        return !readFileSync(`/proc/${pid}/stat`, "utf8").includes(") Z ");
+      } catch {
+        return false;
+      }
+    };
+    await eventually(async () => (alive(chromium) ? undefined : true), 5000, "Chromium gone");
+    expect(readdirSync(tmpdir()).filter((d) => d.startsWith(`coursemesh-chromium-${scraper.process.pid}-`))).toEqual([]);
+  }, 30_000);
 });
