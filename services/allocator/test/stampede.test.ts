@@ -61,6 +61,15 @@ test("capacity holds under a 2,000-request spike, and every request gets one dec
   const events = await decisionEvents(2000);
   expect(events.size).toBe(2000);
   expect([...events.values()].every((n) => n === 1)).toBe(true);
+
+  // The reference design's metrics, per course where it says so.
+  const metrics = await (await fetch(`${allocator.httpUrl}/metrics`)).text();
+  expect(metrics).toMatch(/enrollment_requests_total\{[^}]*status="ENROLLED"[^}]*\} 50\b/);
+  expect(metrics).toMatch(/enrollment_requests_total\{[^}]*status="WAITLISTED"[^}]*\} 1950\b/);
+  expect(metrics).toMatch(/enrollment_latency_seconds_count\{[^}]*\} 2000\b/);
+  expect(metrics).toContain(`coursemesh_queue_depth{course_id="${course.id}"`);
+  expect(metrics).toMatch(new RegExp(`coursemesh_seats_taken\\{course_id="${course.id}"[^}]*\\} 50\\b`));
+  expect(metrics).toMatch(new RegExp(`coursemesh_capacity\\{course_id="${course.id}"[^}]*\\} 50\\b`));
   api.close();
   expect(await allocator.stop()).toBe(0);
 });
@@ -91,6 +100,32 @@ test("SIGKILL during a burst loses no accepted request: after a restart every on
   expect(rows.filter((r) => r.status === "ENROLLED")).toHaveLength(40);
   expect(await checkInvariants(world.sql, { allDecided: true })).toEqual([]);
 
+  const events = await decisionEvents(before + rows.length);
+  for (const id of stored) expect(events.get(id)).toBe(1);
+  expect(await second.stop()).toBe(0);
+});
+
+test("SIGTERM during a burst: the process stops cleanly (exit 0) and every accepted request is decided, once", async () => {
+  const before = (await world.sql`select count(*)::int as n from allocator.requests`)[0]!.n as number;
+  const first = await world.start();
+  const course = await newCourse(first.grpcAddress, 30);
+  const api = connect(first.grpcAddress);
+  const acceptedIds = new Set<string>();
+  const burst = inParallel(1500, 100, async (i) => {
+    const answer = await api.enroll(service, { idempotencyKey: `term-${i}`, studentId: `t-${i}`, courseId: course.id }, 5000);
+    acceptedIds.add(answer.requestId);
+  });
+  while (acceptedIds.size < 300) await Bun.sleep(5);
+  expect(await first.stop()).toBe(0);
+  await burst;
+  api.close();
+
+  const second = await world.start();
+  expect(await waitUntilAllDecided(world.sql, 20_000)).toBe(true);
+  const rows = await world.sql`select id from allocator.requests where course_id = ${course.id}`;
+  const stored = new Set(rows.map((r) => r.id as string));
+  for (const id of acceptedIds) expect(stored.has(id)).toBe(true);
+  expect(await checkInvariants(world.sql, { allDecided: true })).toEqual([]);
   const events = await decisionEvents(before + rows.length);
   for (const id of stored) expect(events.get(id)).toBe(1);
   expect(await second.stop()).toBe(0);
