@@ -5,10 +5,13 @@
  * ack lost). Its NATS connection is also cut once before the kill, so acks are surely lost after
  * their commits and the dedupe table has work to do.
  */
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
 import { consumerName, enqueueMany, startRelay, streamName, type Relay } from "../../src/events/index.ts";
 import { TEST_NATS_URL } from "../../src/testing/harness.ts";
 import { setupEventsTest, spawnFixture, startNatsProxy, waitUntil, type EventsTestEnv, type Fixture, type SeverableProxy } from "./support.ts";
+
+// Real Postgres, NATS and child processes on a shared machine: more than bun's 5 s default when run bare.
+setDefaultTimeout(30_000);
 
 const TOTAL = 1500;
 const DURABLE = "crashy";

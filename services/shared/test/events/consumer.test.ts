@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
 import { ROOT_CONTEXT } from "@opentelemetry/api";
 import {
   consumerName,
@@ -11,6 +11,9 @@ import {
   type RunningConsumer,
 } from "../../src/events/index.ts";
 import { readStream, setupEventsTest, waitUntil, type EventsTestEnv } from "./support.ts";
+
+// Real Postgres, NATS and child processes on a shared machine: more than bun's 5 s default when run bare.
+setDefaultTimeout(30_000);
 
 const TYPE = "coursemesh.events.v1.SeatsChanged";
 let env: EventsTestEnv;

@@ -1,10 +1,13 @@
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { context, ROOT_CONTEXT, trace, TraceFlags } from "@opentelemetry/api";
 import { enqueue, enqueueMany, startRelay, streamName, type PublishedEvent, type Relay } from "../../src/events/index.ts";
 import { startTelemetry } from "../../src/telemetry.ts";
 import { TEST_NATS_URL } from "../../src/testing/harness.ts";
 import { readStream, setupEventsTest, spawnFixture, startNatsProxy, waitUntil, type EventsTestEnv, type Fixture } from "./support.ts";
+
+// Real Postgres, NATS and child processes on a shared machine: more than bun's 5 s default when run bare.
+setDefaultTimeout(30_000);
 
 const TYPE = "coursemesh.events.v1.SeatsChanged";
 let env: EventsTestEnv;

@@ -3,7 +3,7 @@
  * process), to the consumer's handling (a third process), carried in the outbox row and the
  * message's headers.
  */
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { context, ROOT_CONTEXT, trace, TraceFlags } from "@opentelemetry/api";
 import { enqueue } from "../../src/events/index.ts";
@@ -11,6 +11,9 @@ import { startTelemetry } from "../../src/telemetry.ts";
 import { TEST_NATS_URL } from "../../src/testing/harness.ts";
 import { startOtlpReceiver, type OtlpReceiver } from "../../src/testing/otlp.ts";
 import { setupEventsTest, spawnFixture, waitUntil, type EventsTestEnv, type Fixture } from "./support.ts";
+
+// Real Postgres, NATS and child processes on a shared machine: more than bun's 5 s default when run bare.
+setDefaultTimeout(30_000);
 
 const PRODUCER = 4;
 const CONSUMER = 5;
