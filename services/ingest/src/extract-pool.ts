@@ -8,6 +8,8 @@ import { PdfError } from "./pdf-text.ts";
 
 export interface ExtractRequest {
   documents: { filename: string; bytes: Uint8Array }[];
+  /** Nice value of the worker thread (0–19); set by the pool. */
+  niceness?: number;
 }
 
 export type ExtractStep = "text" | "headings" | "outline";
@@ -54,8 +56,11 @@ function transferable(request: ExtractRequest): ArrayBuffer[] {
 
 const WORKER_URL = new URL("./extract-worker.ts", import.meta.url).href;
 
-/** Starts a pool of at most `size` worker threads, created when first needed and kept warm. */
-export function createExtractPool(size: number): ExtractPool {
+/**
+ * Starts a pool of at most `size` worker threads, created when first needed and kept warm, running
+ * at `niceness` so the thread that answers uploads goes first on busy cores.
+ */
+export function createExtractPool(size: number, niceness = 0): ExtractPool {
   const idle: Worker[] = [];
   const busy = new Set<Worker>();
   const waiting: (() => void)[] = [];
@@ -106,7 +111,7 @@ export function createExtractPool(size: number): ExtractPool {
           else finish(true, () => reject(new PdfError(message.reason as PdfError["reason"], message.message)));
         };
         worker.onerror = (event: ErrorEvent) => finish(false, () => reject(new ExtractFailed(`the PDF worker thread failed: ${event.message}`)));
-        worker.postMessage(request, transferable(request));
+        worker.postMessage({ ...request, niceness }, transferable(request));
       });
     },
     warm() {

@@ -9,12 +9,17 @@ import type { ExtractRequest, ExtractResponse } from "./extract-pool.ts";
 
 declare const self: Worker;
 
-// On Linux the priority of the calling thread only: uploads and RPCs on the main thread go first
-// when the cores are busy reading PDFs.
-try {
-  setPriority(10);
-} catch {
-  // Not permitted in some sandboxes; processing still works, just at normal priority.
+let niceness = 0;
+
+/** On Linux this sets the priority of the calling thread only: the main thread's uploads and RPCs go first. */
+function lowerPriority(value: number): void {
+  if (value === niceness) return;
+  try {
+    setPriority(value);
+    niceness = value;
+  } catch {
+    // Not permitted in some sandboxes; processing still works, just at normal priority.
+  }
 }
 
 const PROGRESS_EVERY_MS = 100;
@@ -76,6 +81,7 @@ async function extract(request: ExtractRequest): Promise<ExtractResponse> {
 }
 
 self.onmessage = async (event: MessageEvent<ExtractRequest>) => {
+  lowerPriority(event.data.niceness ?? 0);
   try {
     post(await extract(event.data));
   } catch (error) {

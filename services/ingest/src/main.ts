@@ -18,14 +18,23 @@ await runService({
   migrationsDir: new URL("../migrations", import.meta.url).pathname,
   async setup({ config, logger, sql, nats, authenticator, shutdown }) {
     const prefix = config.NATS_PREFIX ?? "";
-    await provisionStreams(await jetstreamManager(nats), prefix, ["INGEST", "WORK", "DLQ"]);
+    await provisionStreams(await jetstreamManager(nats), prefix, ["INGEST", "WORK", "DLQ"], { replicas: config.EVENTS_STREAM_REPLICAS });
     const documents = await openDocumentStore(nats, prefix, config.INGEST_DOCUMENTS_MAX_BYTES!);
     const changes = await listenForJobChanges(sql, logger);
     const limits = { maxBytes: config.INGEST_MAX_BYTES!, maxQueued: config.INGEST_MAX_QUEUED! };
 
-    const pool = createExtractPool(config.INGEST_CONCURRENCY!);
+    const pool = createExtractPool(config.INGEST_CONCURRENCY!, config.INGEST_WORKER_NICE!);
     pool.warm();
-    const relay = await startRelay({ sql, natsServers: config.NATS_URL!, service: "ingest", prefix, logger });
+    const relay = await startRelay({
+      sql,
+      natsServers: config.NATS_URL!,
+      service: "ingest",
+      prefix,
+      logger,
+      pollIntervalMs: config.OUTBOX_RELAY_POLL_INTERVAL_MS,
+      standbyRetryMs: config.OUTBOX_RELAY_STANDBY_RETRY_MS,
+      maxInFlight: config.OUTBOX_RELAY_MAX_IN_FLIGHT,
+    });
     const backoff = config.INGEST_RETRY_BACKOFF_MS!;
     const retryDelaysMs = [backoff, backoff * 5, backoff * 25];
     const processor = createJobProcessor({

@@ -68,7 +68,12 @@ export function buildOutline(documents: DocumentText[]): BuiltOutline {
   const corpus = drafts.map((d) => analyse(d.text));
   const documentFrequency = new Map<string, number>();
   for (const analysis of corpus) for (const term of analysis.counts.keys()) documentFrequency.set(term, (documentFrequency.get(term) ?? 0) + 1);
-  const weight = (term: string) => Math.log((drafts.length + 1) / ((documentFrequency.get(term) ?? 0) + 1)) + 1;
+  const weights = new Map<string, number>();
+  const weight = (term: string) => {
+    let value = weights.get(term);
+    if (value === undefined) weights.set(term, (value = Math.log((drafts.length + 1) / ((documentFrequency.get(term) ?? 0) + 1)) + 1));
+    return value;
+  };
   const modules = drafts.map((draft, i) => ({
     title: draft.title,
     startPage: draft.startPage,
@@ -241,8 +246,18 @@ function sectionText(pages: PageText[], section: Section, boilerplate: Set<strin
     for (let i = from; i < to; i++) if (!isBoilerplate(page[i]!, boilerplate)) lines.push(page[i]!.text);
   }
   // Words broken at a line end ("manip-" + "ulation") are joined again.
-  return lines.reduce((text, line) => (/\p{Ll}-$/u.test(text) && /^\p{Ll}/u.test(line) ? text.slice(0, -1) + line : text ? `${text} ${line}` : line), "");
+  const parts: string[] = [];
+  let previous = "";
+  for (const line of lines) {
+    const hyphenated = previous.length > 1 && previous.endsWith("-") && isLowercase(previous[previous.length - 2]!) && isLowercase(line[0] ?? "");
+    if (hyphenated) parts[parts.length - 1] = previous.slice(0, -1) + line;
+    else parts.push(line);
+    previous = hyphenated ? parts[parts.length - 1]! : line;
+  }
+  return parts.join(" ");
 }
+
+const isLowercase = (char: string) => char !== char.toUpperCase() && char === char.toLowerCase();
 
 const STOPWORDS = new Set(
   (
@@ -259,50 +274,55 @@ const STOPWORDS = new Set(
 interface Analysis {
   sentences: { text: string; terms: string[] }[];
   counts: Map<string, number>;
-  surface: Map<string, Map<string, number>>;
+  /** How a term was first written when not all in lower case ("ASN", "Postgres", "Hash table"). */
+  capitalised: Map<string, string>;
+  /** Terms also seen written all in lower case. */
+  lowercaseSeen: Set<string>;
 }
 
 const DOT_LEADERS = /(?:\s*\.){4,}\s*/g;
 const ADDRESSES = /\b(?:https?:\/\/|www\.)\S+|\S+@\S+\.\S+/g;
-const PHRASE_BREAK = /[,;:()[\]{}"“”—–]|\.\s|\s-\s/;
-const WORD = /[\p{L}][\p{L}\p{N}+#'’-]*[\p{L}\p{N}+#]|[\p{L}]/gu;
+const SENTENCE_END = /(?<=[.!?])\s+(?=[\p{Lu}\p{N}“"(])/u;
+/** A word (group 1), or punctuation that ends a phrase: a term pair never spans it. */
+const TOKEN = /([\p{L}][\p{L}\p{N}+#'’-]*[\p{L}\p{N}+#]|[\p{L}])|[,;:()[\]{}"“”—–]|\.\s|\s-\s/gu;
 
 function analyse(text: string): Analysis {
   const counts = new Map<string, number>();
-  const surface = new Map<string, Map<string, number>>();
+  const capitalised = new Map<string, string>();
+  const lowercaseSeen = new Set<string>();
   const note = (term: string, form: string) => {
     counts.set(term, (counts.get(term) ?? 0) + 1);
-    const forms = surface.get(term) ?? new Map<string, number>();
-    forms.set(form, (forms.get(form) ?? 0) + 1);
-    surface.set(term, forms);
+    if (form === term) lowercaseSeen.add(term);
+    else if (!capitalised.has(term)) capitalised.set(term, form);
   };
   const sentences = text
     .replace(DOT_LEADERS, " … ")
-    .split(/(?<=[.!?])\s+(?=[\p{Lu}\p{N}“"(])/u)
+    .split(SENTENCE_END)
     .map((sentence) => {
       const terms: string[] = [];
-      // Addresses are not subject matter, and a term pair never spans punctuation.
-      for (const phrase of sentence.replace(ADDRESSES, " ").split(PHRASE_BREAK)) {
-        let previous: { term: string; form: string } | undefined;
-        for (const form of phrase.match(WORD) ?? []) {
-          const term = form.toLowerCase();
-          if (term.length < 3 || STOPWORDS.has(term)) {
-            previous = undefined;
-            continue;
-          }
-          note(term, form);
-          terms.push(term);
-          if (previous) {
-            const pair = `${previous.term} ${term}`;
-            note(pair, `${previous.form} ${form}`);
-            terms.push(pair);
-          }
-          previous = { term, form };
+      let previousTerm = "";
+      let previousForm = "";
+      // Addresses are not subject matter.
+      for (const match of sentence.replace(ADDRESSES, " ").matchAll(TOKEN)) {
+        const form = match[1];
+        const term = form?.toLowerCase();
+        if (!form || !term || term.length < 3 || STOPWORDS.has(term)) {
+          previousTerm = "";
+          continue;
         }
+        note(term, form);
+        terms.push(term);
+        if (previousTerm) {
+          const pair = `${previousTerm} ${term}`;
+          note(pair, `${previousForm} ${form}`);
+          terms.push(pair);
+        }
+        previousTerm = term;
+        previousForm = form;
       }
       return { text: sentence.trim(), terms };
     });
-  return { sentences, counts, surface };
+  return { sentences, counts, capitalised, lowercaseSeen };
 }
 
 function isProse(sentence: string): boolean {
@@ -312,23 +332,21 @@ function isProse(sentence: string): boolean {
 }
 
 function summarize(analysis: Analysis, weight: (term: string) => number): string {
-  const scored = analysis.sentences
-    .map((sentence, index) => ({ ...sentence, index }))
-    .filter((s) => isProse(s.text))
-    .map((s) => {
-      const distinct = new Set(s.terms);
-      let score = 0;
-      for (const term of distinct) score += (analysis.counts.get(term) ?? 0) * weight(term) * (term.includes(" ") ? 1.5 : 1);
-      // Opening sentences usually say what a section is about.
-      return { ...s, score: score / Math.sqrt(s.terms.length + 1) + (s.index < 2 ? 0.5 : 0) };
-    });
+  const scored: { text: string; index: number; score: number }[] = [];
+  analysis.sentences.forEach((sentence, index) => {
+    if (!isProse(sentence.text)) return;
+    let score = 0;
+    for (const term of new Set(sentence.terms)) score += (analysis.counts.get(term) ?? 0) * weight(term) * (term.includes(" ") ? 1.5 : 1);
+    // Opening sentences usually say what a section is about.
+    scored.push({ text: sentence.text, index, score: score / Math.sqrt(sentence.terms.length + 1) + (index < 2 ? 0.5 : 0) });
+  });
   if (scored.length === 0) {
     const text = analysis.sentences.map((s) => s.text).join(" ").trim();
     return text.length <= SUMMARY_MAX_CHARS ? text : `${text.slice(0, SUMMARY_MAX_CHARS).replace(/\s+\S*$/, "")}…`;
   }
   const chosen: typeof scored = [];
   let length = 0;
-  for (const sentence of [...scored].sort((a, b) => b.score - a.score)) {
+  for (const sentence of scored.sort((a, b) => b.score - a.score)) {
     if (chosen.length >= 3) break;
     if (chosen.length > 0 && length + sentence.text.length > SUMMARY_MAX_CHARS) continue;
     chosen.push(sentence);
@@ -341,21 +359,21 @@ function summarize(analysis: Analysis, weight: (term: string) => number): string
 }
 
 function keyTerms(analysis: Analysis, weight: (term: string) => number): string[] {
-  const ranked = [...analysis.counts]
-    .filter(([term, count]) => !/^[\p{N}\W]+$/u.test(term) && (term.includes(" ") ? count >= 2 : true))
-    .map(([term, count]) => ({ term, score: count * weight(term) * (term.includes(" ") ? 1.6 : 1) }))
-    .sort((a, b) => b.score - a.score || a.term.localeCompare(b.term));
+  const ranked: { term: string; score: number }[] = [];
+  for (const [term, count] of analysis.counts) {
+    const pair = term.includes(" ");
+    // A pair that occurs once is chance, not a term.
+    if (!pair || count >= 2) ranked.push({ term, score: count * weight(term) * (pair ? 1.6 : 1) });
+  }
+  ranked.sort((a, b) => b.score - a.score || (a.term < b.term ? -1 : 1));
   const chosen: string[] = [];
   for (const { term } of ranked) {
     if (chosen.length >= KEY_TERMS) break;
+    if (/^[\p{N}\W]+$/u.test(term)) continue;
     // "hash table" makes "hash" and "table" redundant, and the other way round.
     if (chosen.some((c) => c.split(" ").includes(term) || term.split(" ").includes(c))) continue;
     chosen.push(term);
   }
-  return chosen.map((term) => {
-    const forms = [...(analysis.surface.get(term) ?? new Map<string, number>())].sort((a, b) => b[1] - a[1]);
-    const form = forms[0]?.[0] ?? term;
-    // Keep acronyms and names as written; lower-case words that were only capitalised at a sentence start.
-    return form === form.toUpperCase() || forms.every(([f]) => f !== f.toLowerCase()) ? form : form.toLowerCase();
-  });
+  // Acronyms and names stay as written; words capitalised only at a sentence start are lower-cased.
+  return chosen.map((term) => (analysis.lowercaseSeen.has(term) ? term : (analysis.capitalised.get(term) ?? term)));
 }

@@ -109,11 +109,16 @@ function toDocument(row: Record<string, unknown>): DocumentRow {
 
 // --- blobs -----------------------------------------------------------------------------------
 
-/** Marks a blob as in use before it is written, so the sweeper leaves it alone for its grace period. */
-export async function touchBlob(sql: Db, sha256: string, sizeBytes: number): Promise<void> {
-  await sql`
+/**
+ * Marks a blob as in use before it is written, so the sweeper leaves it alone for its grace
+ * period; true when the row is new (so the object cannot be stored yet).
+ */
+export async function touchBlob(sql: Db, sha256: string, sizeBytes: number): Promise<boolean> {
+  const [row] = await sql`
     insert into blobs (sha256, size_bytes) values (${sha256}, ${sizeBytes})
-    on conflict (sha256) do update set touched_at = now()`;
+    on conflict (sha256) do update set touched_at = now()
+    returning (xmax = 0) as inserted`;
+  return Boolean(row?.inserted);
 }
 
 /** Locks blobs that no document refers to and nobody touched since `cutoff` (skipping rows others hold). */
@@ -163,16 +168,16 @@ export interface NewJob {
 }
 
 /**
- * Inserts a PENDING job and its documents; returns false (inserting nothing) when the owner's
- * idempotency key is already taken, so a concurrent twin of the upload loses cleanly.
+ * Inserts a PENDING job and its documents and returns it; undefined (inserting nothing) when the
+ * owner's idempotency key is already taken, so a concurrent twin of the upload loses cleanly.
  */
-export async function insertJob(tx: Tx, job: NewJob): Promise<boolean> {
-  const inserted = await tx`
+export async function insertJob(tx: Tx, job: NewJob): Promise<JobDetail | undefined> {
+  const [row] = await tx`
     insert into jobs (id, owner, course_title, idempotency_key, fingerprint, status, message, traceparent)
     values (${job.id}, ${job.owner}, ${job.courseTitle}, ${job.idempotencyKey}, ${job.fingerprint}, 'PENDING', 'queued', ${job.traceparent})
     on conflict (owner, idempotency_key) where idempotency_key <> '' do nothing
-    returning id`;
-  if (inserted.length === 0) return false;
+    returning *, null as course_id`;
+  if (!row) return undefined;
   await tx`
     insert into documents (job_id, position, filename, content_type, size_bytes, sha256)
     select ${job.id}, d.position - 1, d.filename, d.content_type, d.size_bytes, d.sha256
@@ -182,7 +187,11 @@ export async function insertJob(tx: Tx, job: NewJob): Promise<boolean> {
       ${job.documents.map((d) => d.sizeBytes)}::bigint[],
       ${job.documents.map((d) => d.sha256)}::text[]
     ) with ordinality as d(filename, content_type, size_bytes, sha256, position)`;
-  return true;
+  return {
+    ...toJob(row),
+    documents: job.documents.map((d, position) => ({ ...d, position, pageCount: null })),
+    course: null,
+  };
 }
 
 // --- jobs: reads -----------------------------------------------------------------------------

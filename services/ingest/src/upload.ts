@@ -220,9 +220,10 @@ export async function acceptUpload(deps: AcceptDeps, owner: string, upload: Rece
   await withSpan("ingest.store_documents", { attributes: { "coursemesh.ingest.files": upload.files.length } }, () =>
     Promise.all(
       [...unique.values()].map(async (file) => {
-        // The row first: from now on the sweeper leaves this blob alone for its grace period.
-        await touchBlob(sql, file.sha256, file.size);
-        await documents.put(file.sha256, file.chunks, file.size);
+        // The row first: from now on the sweeper leaves this blob alone for its grace period. A new
+        // row means no copy can be stored yet, which saves asking the object store.
+        const fresh = await touchBlob(sql, file.sha256, file.size);
+        await documents.put(file.sha256, file.chunks, file.size, !fresh);
       }),
     ),
   );
@@ -238,10 +239,8 @@ export async function acceptUpload(deps: AcceptDeps, owner: string, upload: Rece
       traceparent: currentTraceparent() ?? null,
       documents: upload.files.map((f) => ({ filename: f.filename, contentType: f.contentType, sizeBytes: f.size, sha256: f.sha256 })),
     });
-    if (!inserted) return undefined;
-    const job = (await getJobDetail(tx, jobId))!;
-    await enqueueWork(tx, job);
-    return job;
+    if (inserted) await enqueueWork(tx, inserted);
+    return inserted;
   });
   if (!created) {
     // A concurrent twin with the same key won the insert.

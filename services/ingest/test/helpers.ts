@@ -36,7 +36,8 @@ export const TEST_ENV: Record<string, string> = {
   INGEST_ACK_WAIT_MS: "2000",
   INGEST_RETRY_BACKOFF_MS: "200",
   INGEST_SWEEP_INTERVAL_MS: "3600000",
-  LOG_LEVEL: "warn",
+  // The harness learns the ports from the "ready" line, logged at info.
+  LOG_LEVEL: "info",
 };
 
 /** One test file's world: its database, NATS prefix and a NATS connection to look at streams. */

@@ -157,7 +157,7 @@ describe("progress and cancellation", () => {
   });
 
   test("aborting stops the worker thread at once, and the pool keeps working", async () => {
-    const bytes = await longCoursePdf(200, "bold");
+    const bytes = await longCoursePdf(100, "bold");
     const controller = new AbortController();
     const running = pool.run({ documents: [{ filename: "long.pdf", bytes }] }, { signal: controller.signal });
     await Bun.sleep(200);

@@ -4,7 +4,7 @@
  * backoff until the job FAILS and its work item is dead-lettered (then RetryJob), and the queue
  * limit.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { Objm } from "@nats-io/obj";
 import postgres from "postgres";
 import { JobStatus, type IngestServiceClient, type Job } from "@coursemesh/proto/coursemesh/ingest/v1/ingest";
@@ -13,7 +13,8 @@ import { documentsBucket } from "../src/document-store.ts";
 import { call, createWorld, eventually, ingestClient, streamMessages, tokenFor, upload, waitForJob, type IngestWorld } from "./helpers.ts";
 import { coursePdf, longCoursePdf } from "./pdfs.ts";
 
-const ENV = { INGEST_CONCURRENCY: "1", INGEST_MAX_QUEUED: "3", INGEST_ACK_WAIT_MS: "1500", INGEST_RETRY_BACKOFF_MS: "200", LOG_LEVEL: "info" };
+// SHUTDOWN_TIMEOUT_MS=3000 gives running jobs 1 s to finish on SIGTERM before they are put back in the queue.
+const ENV = { INGEST_CONCURRENCY: "1", INGEST_MAX_QUEUED: "3", INGEST_ACK_WAIT_MS: "1500", INGEST_RETRY_BACKOFF_MS: "200", SHUTDOWN_TIMEOUT_MS: "3000" };
 
 let world: IngestWorld;
 let service: ServiceProcess;
@@ -27,11 +28,16 @@ async function restart(): Promise<void> {
   client = ingestClient(service.grpcAddress);
 }
 
+// A test that failed half-way may leave the service stopped; the next one starts it again.
+beforeEach(async () => {
+  if (service && service.process.exitCode !== null) await restart();
+}, 60_000);
+
 beforeAll(async () => {
   world = await createWorld();
   alice = await tokenFor("alice");
-  // Headings in bold only: two passes over 250 pages keep the one worker busy for a few seconds.
-  slowPdf = await longCoursePdf(250, "bold");
+  // Headings in bold only: two passes over 400 pages keep the one worker busy for a few seconds.
+  slowPdf = await longCoursePdf(400, "bold");
   await restart();
 }, 60_000);
 
@@ -54,7 +60,7 @@ describe("restarts lose nothing", () => {
     // The killed attempt counts: the job was taken over once its lease ran out.
     expect(done.attempts).toBe(2);
     expect(done.progress).toBe(100);
-    expect(done.result!.pageCount).toBe(250);
+    expect(done.result!.pageCount).toBe(400);
     const completed = await eventually(async () => {
       const events = (await streamMessages(world, "INGEST")).filter((e) => e.subject === `ingest.job.completed.${done.id}`);
       return events.length ? events : undefined;
@@ -64,6 +70,7 @@ describe("restarts lose nothing", () => {
 
   test("SIGTERM during processing: exit 0 promptly, the job goes back to the queue without using up an attempt, and completes after the restart", async () => {
     const { job } = await upload(client, { token: alice, courseTitle: "Stopped midway", files: [{ filename: "long.pdf", bytes: slowPdf }] });
+    // Early in the text pass: the bold-headings pass alone outlasts the 1 s grace.
     await waitForJob(client, job!.id, alice, isProcessing);
     const stoppingAt = performance.now();
     expect(await service.stop()).toBe(0);
