@@ -114,12 +114,36 @@ async function insertSeatEmail(tx: Tx, settings: FanOutSettings, base: store.New
 
 /** Writes the deliveries of one event; returns the channels it wrote to (for waking the sender). */
 export async function fanOut(tx: Tx, settings: FanOutSettings, event: IncomingEvent): Promise<Set<ChannelName>> {
-  const channels = new Set<ChannelName>();
   const type = eventTypeOf(event.subject);
-  if (!type) return channels;
+  if (!type) return new Set();
   const facts = factsOf(type, event.payload);
-  const recipients = recipientsOf(await store.activeSubscriptionsFor(tx, facts.targets));
   const traceparent = currentTraceparent() ?? null;
+  if (type !== "seats.changed" || settings.coalesceMs === 0) {
+    // Every recipient gets the event as it is: one statement writes them all.
+    const render = (perspective: "student" | "course") => renderEventMessage(type, { event: event.payload, perspective }).subject;
+    const channels = await store.insertEventDeliveries(tx, {
+      eventId: event.eventId,
+      eventType: type,
+      targets: facts.targets,
+      monitorId: facts.monitorId,
+      courseId: facts.courseId,
+      studentId: facts.studentId,
+      jobId: facts.jobId,
+      aggregateVersion: facts.aggregateVersion,
+      event: event.payload,
+      subjects: { student: render("student"), other: render("course") },
+      unsubscribeBase: unsubscribeLink(settings.publicUrl, ""),
+      traceparent,
+    });
+    return new Set(channels);
+  }
+  return fanOutSeatChange(tx, settings, event, facts, traceparent);
+}
+
+/** Seat changes: email goes through the coalescing window per (monitor, recipient); webhooks get every change. */
+async function fanOutSeatChange(tx: Tx, settings: FanOutSettings, event: IncomingEvent, facts: Facts, traceparent: string | null): Promise<Set<ChannelName>> {
+  const channels = new Set<ChannelName>();
+  const recipients = recipientsOf(await store.activeSubscriptionsFor(tx, facts.targets));
   for (const subscription of recipients) {
     channels.add(subscription.channel);
     const extras: PayloadExtras = {
@@ -129,27 +153,24 @@ export async function fanOut(tx: Tx, settings: FanOutSettings, event: IncomingEv
     const base: store.NewDelivery = {
       id: Bun.randomUUIDv7(),
       eventId: event.eventId,
-      eventType: type,
+      eventType: "seats.changed",
       subscriptionId: subscription.id,
       owner: subscription.owner,
       channel: subscription.channel,
       recipient: subscription.address,
       monitorId: facts.monitorId,
-      courseId: facts.courseId,
-      studentId: facts.studentId,
-      jobId: facts.jobId,
       aggregateVersion: facts.aggregateVersion,
       subject: "",
       payload: {},
       nextAttemptAt: new Date(),
       traceparent,
     };
-    if (type === "seats.changed" && subscription.channel === "EMAIL" && settings.coalesceMs > 0) {
+    if (subscription.channel === "EMAIL") {
       await insertSeatEmail(tx, settings, base, event.payload, extras);
       continue;
     }
     const payload = { event: event.payload, ...extras };
-    await store.insertDelivery(tx, { ...base, subject: renderEventMessage(type, payload).subject, payload });
+    await store.insertDelivery(tx, { ...base, subject: renderEventMessage("seats.changed", payload).subject, payload });
   }
   return channels;
 }

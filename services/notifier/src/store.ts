@@ -224,6 +224,56 @@ export async function insertDelivery(db: Db, d: NewDelivery): Promise<boolean> {
   return rows.length > 0;
 }
 
+export interface EventDeliveries {
+  eventId: string;
+  eventType: string;
+  targets: Target[];
+  monitorId?: string;
+  courseId?: string;
+  studentId?: string;
+  jobId?: string;
+  aggregateVersion?: number;
+  /** The event's proto3 JSON. */
+  event: Record<string, unknown>;
+  /** Subjects for the two voices: a student's own subscription, and everyone else's. */
+  subjects: { student: string; other: string };
+  /** The unsubscribe link without its token; the subscription's token is appended. */
+  unsubscribeBase: string;
+  traceparent: string | null;
+}
+
+/**
+ * Fan-out in one statement: one delivery per (channel, address) among the ACTIVE subscriptions of
+ * the targets, a student's own subscription deciding the voice; a redelivered event adds nothing.
+ * Returns the channels written to. (The payload is `{event, perspective, unsubscribe_url}`, as
+ * fanout.ts writes it for coalesced seat emails.)
+ */
+export async function insertEventDeliveries(tx: Tx, e: EventDeliveries): Promise<ChannelName[]> {
+  if (e.targets.length === 0) return [];
+  const rows = await tx<{ channel: ChannelName }[]>`
+    with matched as (
+      select distinct on (s.channel, s.address) s.*
+      from subscriptions s
+      join unnest(${e.targets.map((t) => t.kind)}::text[], ${e.targets.map((t) => t.value)}::text[]) as t(kind, value)
+        on s.filter_kind = t.kind and s.filter_value = t.value
+      where s.status = 'ACTIVE'
+      order by s.channel, s.address, (s.filter_kind = 'student') desc, s.id
+    )
+    insert into deliveries (id, event_id, event_type, subscription_id, owner, channel, recipient, monitor_id, course_id,
+                            student_id, job_id, aggregate_version, subject, payload, next_attempt_at, traceparent)
+    select uuid_v7(), ${e.eventId}, ${e.eventType}, m.id, m.owner, m.channel, m.address,
+           ${e.monitorId ?? null}, ${e.courseId ?? null}, ${e.studentId ?? null}, ${e.jobId ?? null}, ${e.aggregateVersion ?? null},
+           case when m.filter_kind = 'student' then ${e.subjects.student} else ${e.subjects.other} end,
+           jsonb_build_object('event', ${tx.json(e.event as never)}::jsonb,
+                              'perspective', case when m.filter_kind = 'student' then 'student' else 'course' end,
+                              'unsubscribe_url', ${e.unsubscribeBase} || m.unsubscribe_token),
+           now(), ${e.traceparent}
+    from matched m
+    on conflict (event_id, channel, recipient) where event_id is not null do nothing
+    returning channel`;
+  return rows.map((r) => r.channel);
+}
+
 /**
  * The most recent seat email of a coalescing key that was sent or may still be: merged and
  * suppressed ones never reached the recipient, so the window runs from the last real one. `busy`
