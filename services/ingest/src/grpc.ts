@@ -18,6 +18,7 @@ import type { DocumentStore } from "./document-store.ts";
 import type { JobChanges } from "./job-changes.ts";
 import { cancelJob, getVisibleCourse, getVisibleJob, listVisibleJobs, requireId, retryJob, watchJob } from "./jobs.ts";
 import type { CourseRow, JobDetail, JobStatusName } from "./store.ts";
+import { uploadBytes, uploadsAccepted } from "./metrics.ts";
 import { acceptUpload, assertQueueHasRoom, UploadReceiver, type UploadLimits } from "./upload.ts";
 
 export interface IngestApiDeps {
@@ -142,6 +143,8 @@ export function ingestService(deps: IngestApiDeps): ServiceRegistration {
         ctx.span.setAttribute("coursemesh.ingest.files", upload.files.length);
         const job = await acceptUpload(deps, ctx.principal!.subject, upload);
         ctx.span.setAttribute("coursemesh.ingest.job_id", job.id);
+        uploadsAccepted.inc({ transport: "grpc" });
+        uploadBytes.inc(upload.files.reduce((sum, f) => sum + f.size, 0));
         return { job: toProtoJob(job) };
       },
       async getJob(request, ctx) {

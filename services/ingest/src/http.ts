@@ -14,6 +14,7 @@ import { SpanKind, withSpan } from "@coursemesh/shared/telemetry.ts";
 import type { DocumentStore } from "./document-store.ts";
 import { toProtoJob, toProtoOutline } from "./grpc.ts";
 import { getVisibleCourse, getVisibleJob, requireId } from "./jobs.ts";
+import { uploadBytes, uploadsAccepted } from "./metrics.ts";
 import { acceptUpload, assertQueueHasRoom, fileTooLarge, UploadReceiver, type UploadLimits } from "./upload.ts";
 
 export interface IngestHttpDeps {
@@ -146,6 +147,8 @@ export function ingestHttpHandler(deps: IngestHttpDeps): (request: Request) => P
     receiver.header(fields.course_title ?? "", fields.idempotency_key ?? request.headers.get("idempotency-key") ?? "");
     const received = receiver.finish();
     const job = await acceptUpload(deps, principal!.subject, received);
+    uploadsAccepted.inc({ transport: "http" });
+    uploadBytes.inc(received.files.reduce((sum, f) => sum + f.size, 0));
     const statusUrl = new URL(`/v1/jobs/${job.id}`, request.url).toString();
     return Response.json(
       { job_id: job.id, status: (Job.toJSON(toProtoJob(job)) as { status?: string }).status ?? "JOB_STATUS_PENDING", status_url: statusUrl },

@@ -10,6 +10,7 @@ import { ingestService } from "./grpc.ts";
 import { ingestHttpHandler, MULTIPART_OVERHEAD_BYTES } from "./http.ts";
 import { listenForJobChanges } from "./job-changes.ts";
 import type { WorkItem } from "./job-events.ts";
+import { registerQueueGauges } from "./metrics.ts";
 import { createJobProcessor } from "./process.ts";
 import { startSweeper } from "./sweeper.ts";
 
@@ -64,6 +65,7 @@ await runService({
       // work item that keeps bouncing for another reason (e.g. restarts) from circling forever.
       maxDeliver: config.INGEST_MAX_ATTEMPTS! + 10,
     });
+    registerQueueGauges(sql, processor.running);
     const sweeper = startSweeper({
       sql,
       documents,

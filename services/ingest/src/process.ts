@@ -15,6 +15,7 @@ import { ExtractFailed, type ExtractPool, type ExtractStep } from "./extract-poo
 import type { JobChanges } from "./job-changes.ts";
 import { enqueueJobCompleted, enqueueJobFailed, type WorkItem } from "./job-events.ts";
 import { isTerminal } from "./jobs.ts";
+import { attemptSeconds, jobAttempts, pagesProcessed } from "./metrics.ts";
 import { PdfError } from "./pdf-text.ts";
 import {
   finishJob,
@@ -179,7 +180,8 @@ export function createJobProcessor(options: ProcessorOptions): JobProcessor {
     });
   }
 
-  async function run(tx: Tx, job: JobRow, item: WorkItem, controller: AbortController): Promise<void> {
+  /** Pages of the saved outline; 0 when the job stopped being ours before the save. */
+  async function run(tx: Tx, job: JobRow, item: WorkItem, controller: AbortController): Promise<number> {
     const signal = controller.signal;
     const stopIfNotOurs = async () => {
       const current = await getJobRow(sql, job.id).catch(() => undefined);
@@ -227,9 +229,9 @@ export function createJobProcessor(options: ProcessorOptions): JobProcessor {
       await progress.flush();
       signal.throwIfAborted();
 
-      await withSpan("ingest.save_outline", { attributes: { "coursemesh.ingest.job_id": job.id, "coursemesh.ingest.modules": result.outline.modules.length } }, async () => {
+      return await withSpan("ingest.save_outline", { attributes: { "coursemesh.ingest.job_id": job.id, "coursemesh.ingest.modules": result.outline.modules.length } }, async () => {
         const current = await lockJob(tx, job.id);
-        if (!current || current.generation !== item.generation || current.status !== "PROCESSING" || current.leaseOwner !== workerId) return;
+        if (!current || current.generation !== item.generation || current.status !== "PROCESSING" || current.leaseOwner !== workerId) return 0;
         const course = {
           id: Bun.randomUUIDv7(),
           jobId: job.id,
@@ -245,6 +247,7 @@ export function createJobProcessor(options: ProcessorOptions): JobProcessor {
           message: `done: ${course.modules.length} modules from ${course.pageCount} pages`,
         });
         await enqueueJobCompleted(tx, done, course, documents.length);
+        return course.pageCount;
       });
     } finally {
       progress.stop();
@@ -269,31 +272,43 @@ export function createJobProcessor(options: ProcessorOptions): JobProcessor {
       const controller = new AbortController();
       active.set(job.id, controller);
       const log = logger.child({ jobId: job.id, attempt: job.attempts });
+      const stopTimer = attemptSeconds.startTimer();
+      const outcome = (name: string) => {
+        jobAttempts.inc({ outcome: name });
+        stopTimer({ outcome: name });
+      };
       log.info("processing job");
       try {
-        await run(tx, job, item, controller);
+        const pages = await run(tx, job, item, controller);
+        pagesProcessed.inc(pages);
+        outcome(pages > 0 ? "completed" : "cancelled");
         log.info("job processed");
       } catch (error) {
         const stop = controller.signal.aborted ? (controller.signal.reason as Stop) : undefined;
         if (stop instanceof Stop && stop.kind === "cancelled") {
+          outcome("cancelled");
           log.info({ why: stop.message }, "job stopped");
           return;
         }
         if (stop instanceof Stop && stop.kind === "shutdown") {
+          outcome("interrupted");
           await requeue(job, "interrupted by a restart; it resumes shortly", true);
           throw stop;
         }
         if (error instanceof PdfError) {
+          outcome("failed");
           log.info({ reason: error.reason, error: error.message }, "job failed: unreadable PDF");
           await fail(job, error.reason, error.message);
           return;
         }
         const cause = stop instanceof Stop ? stop.message : error instanceof ExtractFailed ? error.message : describe(error);
         if (job.attempts >= options.maxAttempts) {
+          outcome("failed");
           log.error({ err: error }, "job failed after its last attempt");
           await fail(job, "PROCESSING_FAILED", `processing failed ${job.attempts} times; last error: ${cause}`);
           throw new PoisonEventError(cause);
         }
+        outcome("retried");
         const delay = options.retryDelaysMs[Math.min(event.deliveryCount - 1, options.retryDelaysMs.length - 1)] ?? 1000;
         log.warn({ err: error, retryInMs: delay }, "job attempt failed; it will be retried");
         await requeue(job, `attempt ${job.attempts} failed (${cause}); retrying in ${Math.ceil(delay / 1000)} s`, false).catch((e) =>

@@ -331,6 +331,18 @@ describe("idempotency, ownership and listing", () => {
   });
 });
 
+describe("metrics", () => {
+  test("/metrics shows uploads, attempts by outcome, pages read and the queue", async () => {
+    const metrics = await (await fetch(`${service.httpUrl}/metrics`)).text();
+    expect(metrics).toMatch(/ingest_uploads_total\{[^}]*transport="grpc"[^}]*\} [1-9]/);
+    expect(metrics).toMatch(/ingest_uploads_total\{[^}]*transport="http"[^}]*\} [1-9]/);
+    expect(metrics).toMatch(/ingest_job_attempts_total\{[^}]*outcome="completed"[^}]*\} [1-9]/);
+    expect(metrics).toMatch(/ingest_job_attempts_total\{[^}]*outcome="failed"[^}]*\} [1-9]/);
+    expect(metrics).toMatch(/ingest_pages_processed_total\{[^}]*\} [1-9]\d*/);
+    expect(metrics).toMatch(/ingest_jobs_live\{[^}]*status="PENDING"[^}]*\} \d+/);
+  });
+});
+
 describe("cancel", () => {
   test("CancelJob stops a running job promptly; it stays CANCELLED with no outline", async () => {
     const bytes = await longCoursePdf(400, "bold");
