@@ -194,6 +194,34 @@ describe("HTTP for curl users", () => {
     expect(await theirs.json()).toMatchObject({ error: { reason: "JOB_NOT_FOUND" } });
   });
 
+  test("a chunked multipart upload (no Content-Length) is refused with 413 as soon as it crosses the limit", async () => {
+    const boundary = "----coursemesh-test";
+    const head = Buffer.from(
+      `--${boundary}\r\nContent-Disposition: form-data; name="course_title"\r\n\r\nStreaming\r\n` +
+        `--${boundary}\r\nContent-Disposition: form-data; name="files"; filename="endless.pdf"\r\nContent-Type: application/pdf\r\n\r\n%PDF-1.7\n`,
+    );
+    let sent = 0;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (sent === 0) controller.enqueue(head);
+        if (sent > 64 * 1024 * 1024) return controller.close();
+        await Bun.sleep(2);
+        sent += 256 * 1024;
+        controller.enqueue(new Uint8Array(256 * 1024));
+      },
+    });
+    const response = await fetch(`${service.httpUrl}/v1/uploads`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${alice}`, "content-type": `multipart/form-data; boundary=${boundary}` },
+      body,
+      duplex: "half",
+    } as RequestInit);
+    expect(response.status).toBe(413);
+    expect(await response.json()).toMatchObject({ error: { reason: "FILE_TOO_LARGE" } });
+    // Refused at the limit (8 MiB), long before the client would have finished.
+    expect(sent).toBeLessThan(32 * 1024 * 1024);
+  });
+
   test("a body declared over the limit is refused before it is read", async () => {
     const started = performance.now();
     const response = await fetch(`${service.httpUrl}/v1/uploads`, {
