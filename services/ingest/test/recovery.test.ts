@@ -10,7 +10,7 @@ import postgres from "postgres";
 import { JobStatus, type IngestServiceClient, type Job } from "@coursemesh/proto/coursemesh/ingest/v1/ingest";
 import type { ServiceProcess } from "@coursemesh/shared/testing/harness.ts";
 import { documentsBucket } from "../src/document-store.ts";
-import { call, createWorld, eventually, ingestClient, streamMessages, tokenFor, upload, waitForJob, type IngestWorld } from "./helpers.ts";
+import { call, createWorld, eventually, ingestClient, streamMessages, tokenFor, upload, waitForJob, watchJob, type IngestWorld } from "./helpers.ts";
 import { coursePdf, longCoursePdf } from "./pdfs.ts";
 
 // SHUTDOWN_TIMEOUT_MS=3000 gives running jobs 1 s to finish on SIGTERM before they are put back in the queue.
@@ -85,6 +85,32 @@ describe("restarts lose nothing", () => {
     expect(statusName(done)).toBe("JOB_STATUS_COMPLETED");
     expect(done.attempts).toBe(1);
   }, 90_000);
+});
+
+describe("two replicas", () => {
+  test("WatchJob and CancelJob on one replica follow and stop a job running on the other", async () => {
+    const other = await world.start(ENV);
+    try {
+      const { job } = await upload(client, { token: alice, courseTitle: "Across replicas", files: [{ filename: "long.pdf", bytes: slowPdf }] });
+      await waitForJob(client, job!.id, alice, isProcessing);
+      const runsOn = (p: ServiceProcess) => p.logs.some((l) => l.jobId === job!.id && l.msg === "processing job");
+      const runner = await eventually(async () => (runsOn(service) ? service : runsOn(other) ? other : undefined), 5000, "the worker's log line");
+      const watcher = ingestClient((runner === service ? other : service).grpcAddress);
+      const watching = watchJob(watcher, job!.id, alice);
+      await Bun.sleep(700);
+      await call(watcher, "cancelJob", { id: job!.id }, alice);
+      const { jobs, error } = await watching;
+      watcher.close();
+      expect(error).toBeUndefined();
+      // The first message is the state when the watch began; progress came from the other replica's worker.
+      expect(jobs.length).toBeGreaterThanOrEqual(3);
+      for (let i = 1; i < jobs.length; i++) expect(jobs[i]!.progress).toBeGreaterThanOrEqual(jobs[i - 1]!.progress);
+      expect(statusName(jobs.at(-1)!)).toBe("JOB_STATUS_CANCELLED");
+      await eventually(async () => (runner.logs.some((l) => l.jobId === job!.id && l.msg === "job stopped") ? true : undefined), 5000, "the runner to stop");
+    } finally {
+      await other.stop();
+    }
+  }, 60_000);
 });
 
 describe("failures", () => {
