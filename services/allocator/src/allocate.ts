@@ -176,6 +176,7 @@ export class Allocator {
 
   private async decideBatch(courseIds: string[]): Promise<{ locked: Set<string>; decided: Map<string, number> }> {
     const { sql, batchSize, holdMs } = this.options;
+    const started = performance.now();
     const result = await transaction(sql, "allocator.allocate_batch", async (tx) => {
       const span = trace.getActiveSpan();
       const recording = span?.isRecording() ?? false;
@@ -199,6 +200,10 @@ export class Allocator {
       else decided.set(request.courseId, [request.id]);
     }
     if (result.requests.length > 0) {
+      this.options.logger.debug(
+        { courses: result.locked.length, decided: result.requests.length, ms: Math.round((performance.now() - started) * 10) / 10 },
+        "allocation batch committed",
+      );
       this.options.wakeRelay();
       recordDecisions(result.requests);
       for (const [courseId, ids] of decided) {

@@ -434,15 +434,46 @@ export async function decideBatch(tx: Tx, courseIds: readonly string[], options:
              else 'COURSE_FULL' end as reason
       from ranked r
     ),
-    updated as (
-      update requests r
-      set status = d.status, reason = d.reason, decided_at = k.now, updated_at = k.now,
-          enrolled_at = case when d.status = 'ENROLLED' then k.now end
-      from decided d, clock k
-      -- By row address (the course locks keep them still): a TID scan of just these rows, where a
-      -- join on id would have the planner hash every pending request of the table.
-      where r.ctid = any(array(select row_ref from decided)) and r.ctid = d.row_ref and r.status = 'PENDING'
+    -- One UPDATE per outcome, each finding its rows by address (the course locks keep them still):
+    -- a TID scan of exactly those rows and constant new values, so no join between the decisions
+    -- and the table — whose plan would hang on the planner's guess of the batch's size (a nested
+    -- loop over thousands of rows when it guessed dozens).
+    enrolled as (
+      update requests r set status = 'ENROLLED', reason = '', decided_at = k.now, updated_at = k.now, enrolled_at = k.now
+      from clock k
+      where r.ctid = any(array(select row_ref from decided where status = 'ENROLLED')) and r.status = 'PENDING'
       returning r.id, r.course_id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
+    ),
+    waitlisted as (
+      update requests r set status = 'WAITLISTED', reason = 'COURSE_FULL', decided_at = k.now, updated_at = k.now
+      from clock k
+      where r.ctid = any(array(select row_ref from decided where status = 'WAITLISTED')) and r.status = 'PENDING'
+      returning r.id, r.course_id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
+    ),
+    rejected_enrolled as (
+      update requests r set status = 'REJECTED', reason = 'ALREADY_ENROLLED', decided_at = k.now, updated_at = k.now
+      from clock k
+      where r.ctid = any(array(select row_ref from decided where reason = 'ALREADY_ENROLLED')) and r.status = 'PENDING'
+      returning r.id, r.course_id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
+    ),
+    rejected_waitlisted as (
+      update requests r set status = 'REJECTED', reason = 'ALREADY_WAITLISTED', decided_at = k.now, updated_at = k.now
+      from clock k
+      where r.ctid = any(array(select row_ref from decided where reason = 'ALREADY_WAITLISTED')) and r.status = 'PENDING'
+      returning r.id, r.course_id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
+    ),
+    rejected_pending as (
+      update requests r set status = 'REJECTED', reason = 'ALREADY_PENDING', decided_at = k.now, updated_at = k.now
+      from clock k
+      where r.ctid = any(array(select row_ref from decided where reason = 'ALREADY_PENDING')) and r.status = 'PENDING'
+      returning r.id, r.course_id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
+    ),
+    updated as (
+      select * from enrolled
+      union all select * from waitlisted
+      union all select * from rejected_enrolled
+      union all select * from rejected_waitlisted
+      union all select * from rejected_pending
     ),
     numbered as (
       select u.*, row_number() over w as n,
