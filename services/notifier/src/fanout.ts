@@ -30,14 +30,7 @@ export function eventTypeOf(subject: string): EventType | undefined {
   return (EVENT_TYPES as readonly string[]).includes(type) ? (type as EventType) : undefined;
 }
 
-interface Facts {
-  targets: Target[];
-  monitorId?: string;
-  courseId?: string;
-  studentId?: string;
-  jobId?: string;
-  aggregateVersion?: number;
-}
+type Facts = store.EventFacts;
 
 const str = (value: unknown): string | undefined => (typeof value === "string" && value !== "" ? value : undefined);
 
@@ -122,14 +115,9 @@ export async function fanOut(tx: Tx, settings: FanOutSettings, event: IncomingEv
     // Every recipient gets the event as it is: one statement writes them all.
     const render = (perspective: "student" | "course") => renderEventMessage(type, { event: event.payload, perspective }).subject;
     const channels = await store.insertEventDeliveries(tx, {
+      ...facts,
       eventId: event.eventId,
       eventType: type,
-      targets: facts.targets,
-      monitorId: facts.monitorId,
-      courseId: facts.courseId,
-      studentId: facts.studentId,
-      jobId: facts.jobId,
-      aggregateVersion: facts.aggregateVersion,
       event: event.payload,
       subjects: { student: render("student"), other: render("course") },
       unsubscribeBase: unsubscribeLink(settings.publicUrl, ""),

@@ -224,15 +224,19 @@ export async function insertDelivery(db: Db, d: NewDelivery): Promise<boolean> {
   return rows.length > 0;
 }
 
-export interface EventDeliveries {
-  eventId: string;
-  eventType: string;
+/** What an event is about: the subscription targets it reaches and the ids kept with its deliveries. */
+export interface EventFacts {
   targets: Target[];
   monitorId?: string;
   courseId?: string;
   studentId?: string;
   jobId?: string;
   aggregateVersion?: number;
+}
+
+export interface EventDeliveries extends EventFacts {
+  eventId: string;
+  eventType: string;
   /** The event's proto3 JSON. */
   event: Record<string, unknown>;
   /** Subjects for the two voices: a student's own subscription, and everyone else's. */
