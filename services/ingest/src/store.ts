@@ -226,7 +226,7 @@ export interface JobPageQuery {
   limit: number;
 }
 
-/** A page of jobs, newest first, with their documents (outlines left out). */
+/** A page of jobs, newest first, with their documents and their outlines' headers (modules left out). */
 export async function listJobs(sql: Db, query: JobPageQuery): Promise<JobDetail[]> {
   const rows = await sql`
     select ${JOB_COLUMNS(sql)} from jobs j
@@ -238,12 +238,28 @@ export async function listJobs(sql: Db, query: JobPageQuery): Promise<JobDetail[
     limit ${query.limit}`;
   const jobs = rows.map(toJob);
   if (jobs.length === 0) return [];
-  const documents = await sql`select * from documents where job_id = any(${jobs.map((j) => j.id)}::uuid[]) order by job_id, position`;
-  return jobs.map((job) => ({
-    ...job,
-    documents: documents.filter((d) => d.job_id === job.id).map(toDocument),
-    course: null,
-  }));
+  const ids = jobs.map((j) => j.id);
+  const documents = await sql`select * from documents where job_id = any(${ids}::uuid[]) order by job_id, position`;
+  const courses = await sql`select * from courses where job_id = any(${ids}::uuid[])`;
+  return jobs.map((job) => {
+    const course = courses.find((c) => c.job_id === job.id);
+    return {
+      ...job,
+      documents: documents.filter((d) => d.job_id === job.id).map(toDocument),
+      course: course ? { ...toCourseHeader(course), modules: [] } : null,
+    };
+  });
+}
+
+function toCourseHeader(course: Record<string, unknown>): Omit<CourseRow, "modules"> {
+  return {
+    id: course.id as string,
+    jobId: course.job_id as string,
+    owner: course.owner as string,
+    title: course.title as string,
+    pageCount: course.page_count as number,
+    createdAt: course.created_at as Date,
+  };
 }
 
 /** A course outline with its modules in order. */
@@ -252,12 +268,7 @@ export async function getCourse(sql: Db, courseId: string): Promise<CourseRow | 
   if (!course) return undefined;
   const modules = await sql`select * from modules where course_id = ${courseId} order by position`;
   return {
-    id: course.id as string,
-    jobId: course.job_id as string,
-    owner: course.owner as string,
-    title: course.title as string,
-    pageCount: course.page_count as number,
-    createdAt: course.created_at as Date,
+    ...toCourseHeader(course),
     modules: modules.map((m) => ({
       title: m.title as string,
       summary: m.summary as string,

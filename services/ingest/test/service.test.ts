@@ -349,6 +349,10 @@ describe("idempotency, ownership and listing", () => {
     const ids = seen.map((j) => j.id);
     expect(ids).toEqual([...ids].sort().reverse());
 
+    // Completed jobs carry their outline's course id, title and page count; the modules are left out.
+    const completed = seen.find((j) => statusName(j) === "JOB_STATUS_COMPLETED")!;
+    expect(completed.result).toMatchObject({ courseTitle: completed.courseTitle, modules: [] });
+    expect(completed.result!.courseId).toMatch(/^[0-9a-f-]{36}$/);
     const failed = await call<object, Page>(client, "listJobs", { pageSize: 100, pageToken: "", status: JobStatus.JOB_STATUS_FAILED }, alice);
     expect(failed.jobs.length).toBeGreaterThanOrEqual(2);
     for (const job of failed.jobs) expect(statusName(job)).toBe("JOB_STATUS_FAILED");
