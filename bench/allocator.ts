@@ -1,0 +1,376 @@
+/**
+ * Allocator benchmark (issue 4), on a fresh database and NATS prefix, printing one JSON object:
+ *   (a) one course of 30 seats, 20,000 Enroll calls from 200 concurrent callers: accepted/s,
+ *       decided/s, accept latency and accept → decision latency; plus accept latency at a steady
+ *       2,000 calls/s offered (open loop, measured from each call's scheduled start);
+ *   (b) decisions alone: 20,000 requests accepted with allocation paused, then released;
+ *   (c) 200 courses, 100,000 calls;
+ *   (d) the baseline in the same run: one transaction per request with SELECT … FOR UPDATE on the
+ *       course row (the reference design's shape, made correct: duplicate check, waitlist, the same
+ *       event through the outbox), pool-sized concurrency, on the same freshly vacuumed database
+ *       with the same synchronous_commit.
+ * Run: bun run bench/allocator.ts [--quick]   (--quick: a tenth of the sizes, for a smoke test)
+ * BENCH_SERVICE_LOG_LEVEL=debug prints the allocator's last log lines (one per batch) to stderr.
+ */
+import http2 from "node:http2";
+import { availableParallelism, loadavg } from "node:os";
+import * as grpc from "@grpc/grpc-js";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect as connectNats } from "@nats-io/transport-node";
+import postgres from "postgres";
+import { EnrollmentServiceClient, EnrollRequest, CreateCourseRequest } from "@coursemesh/proto/coursemesh/allocator/v1/allocator";
+import { createSql, type Sql } from "@coursemesh/shared/db.ts";
+import { deleteStreams, enqueue } from "@coursemesh/shared/events/index.ts";
+import { unary } from "@coursemesh/shared/grpc/client.ts";
+import {
+  createTestDatabase,
+  startServiceProcess,
+  TEST_NATS_URL,
+  testNatsPrefix,
+  testToken,
+  type ServiceProcess,
+} from "@coursemesh/shared/testing/harness.ts";
+import { decidedEvent } from "../services/allocator/src/events.ts";
+import { checkInvariants, waitUntilAllDecided } from "../services/allocator/src/invariants.ts";
+import type { DecidedStatus } from "../services/allocator/src/store.ts";
+
+const quick = process.argv.includes("--quick");
+const scale = (n: number) => (quick ? Math.round(n / 10) : n);
+const SIZES = {
+  stampede: scale(20_000),
+  callers: 200,
+  steadyRate: 2_000,
+  steadySeconds: quick ? 2 : 5,
+  decisions: scale(20_000),
+  courses: 200,
+  spread: scale(100_000),
+  baselinePool: 10,
+};
+const CAPACITY = 30;
+/** HTTP/2 connections the load generator spreads its calls over. */
+const CHANNELS = 4;
+
+type Api = { enroll(request: Partial<EnrollRequest>): Promise<void>; createCourse(code: string, capacity: number): Promise<string>; close(): void };
+
+function round(value: number, digits = 1): number {
+  const f = 10 ** digits;
+  return Math.round(value * f) / f;
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!;
+}
+
+const ENROLL_PATH = "/coursemesh.allocator.v1.EnrollmentService/Enroll";
+
+/**
+ * The load generator's gRPC client: unary calls framed by hand over node:http2 (length-prefixed
+ * protobuf, `grpc-status` from the trailers), on a few connections. On this two-core machine the
+ * load generator shares the CPU with the service, Postgres and NATS; grpc-js spends about three
+ * times the CPU per call of this client (measured: 184 µs against 66 µs), which would be measuring
+ * the load generator. ghz or h2load play this part elsewhere.
+ */
+function connectApi(address: string, token: string): Api {
+  const sessions = Array.from({ length: CHANNELS }, () => http2.connect(`http://${address}`));
+  const control = new EnrollmentServiceClient(address, grpc.credentials.createInsecure());
+  let next = 0;
+  const call = (path: string, body: Uint8Array): Promise<Buffer> =>
+    new Promise((resolve, reject) => {
+      const stream = sessions[next++ % sessions.length]!.request({
+        ":method": "POST",
+        ":path": path,
+        "content-type": "application/grpc",
+        te: "trailers",
+        authorization: `Bearer ${token}`,
+        "grpc-timeout": "30S",
+      });
+      const chunks: Buffer[] = [];
+      let status: string | undefined;
+      let message = "";
+      const readStatus = (headers: http2.IncomingHttpHeaders) => {
+        if (headers["grpc-status"] !== undefined) {
+          status = String(headers["grpc-status"]);
+          message = decodeURIComponent(String(headers["grpc-message"] ?? ""));
+        }
+      };
+      stream.on("response", readStatus);
+      stream.on("trailers", readStatus);
+      stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+      stream.on("error", reject);
+      stream.on("end", () => (status === "0" ? resolve(Buffer.concat(chunks).subarray(5)) : reject(new Error(`gRPC status ${status}: ${message}`))));
+      const frame = Buffer.alloc(5 + body.length);
+      frame.writeUInt32BE(body.length, 1);
+      frame.set(body, 5);
+      stream.end(frame);
+    });
+  return {
+    async enroll(request) {
+      await call(ENROLL_PATH, EnrollRequest.encode(EnrollRequest.fromPartial(request)).finish());
+    },
+    async createCourse(code, capacity) {
+      const { course } = await unary(control.createCourse.bind(control), CreateCourseRequest.fromPartial({ code, title: `Benchmark ${code}`, capacity }), { token });
+      return course!.id;
+    },
+    close: () => {
+      for (const session of sessions) session.close();
+      control.close();
+    },
+  };
+}
+
+/** `count` calls from `callers` concurrent callers (closed loop); returns each call's latency in ms. */
+async function closedLoop(count: number, callers: number, call: (i: number) => Promise<void>): Promise<{ seconds: number; latencies: number[] }> {
+  const latencies: number[] = [];
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: callers }, async () => {
+      while (next < count) {
+        const i = next++;
+        const t = performance.now();
+        await call(i);
+        latencies.push(performance.now() - t);
+      }
+    }),
+  );
+  return { seconds: (performance.now() - started) / 1000, latencies: latencies.sort((a, b) => a - b) };
+}
+
+/** Calls at a fixed rate (open loop); latency counts from each call's scheduled start, so a stall is not hidden. */
+async function openLoop(rate: number, seconds: number, call: (i: number) => Promise<void>): Promise<{ sent: number; latencies: number[] }> {
+  const total = Math.round(rate * seconds);
+  const latencies: number[] = [];
+  const pending: Promise<void>[] = [];
+  const started = performance.now();
+  for (let i = 0; i < total; i++) {
+    const due = started + (i * 1000) / rate;
+    const wait = due - performance.now();
+    if (wait > 1) await Bun.sleep(wait);
+    pending.push(call(i).then(() => void latencies.push(performance.now() - due)));
+  }
+  await Promise.all(pending);
+  return { sent: total, latencies: latencies.sort((a, b) => a - b) };
+}
+
+/** Accept → decision latencies and the decision span of one or more courses, from the database's clock. */
+async function decisionStats(sql: Sql, courseIds: string[]) {
+  const [row] = await sql`
+    select count(*)::int as n,
+      extract(epoch from max(decided_at) - min(created_at))::float8 as span_s,
+      (percentile_cont(0.5) within group (order by extract(epoch from decided_at - created_at)) * 1000)::float8 as p50_ms,
+      (percentile_cont(0.99) within group (order by extract(epoch from decided_at - created_at)) * 1000)::float8 as p99_ms
+    from allocator.requests where course_id = any(${courseIds}::uuid[])`;
+  return { decided: row!.n as number, decidedPerSecond: row!.n / row!.span_s, p50: row!.p50_ms as number, p99: row!.p99_ms as number };
+}
+
+async function vacuum(sql: Sql): Promise<void> {
+  await sql`vacuum analyze allocator.requests`;
+  await sql`vacuum analyze allocator.courses`;
+  await sql`vacuum analyze allocator.outbox`;
+}
+
+/** Waits until the relay has published every event (so one phase's backlog does not slow the next); returns when. */
+async function untilOutboxEmpty(sql: Sql, timeoutMs = 300_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const [row] = await sql`select not exists (select 1 from allocator.outbox) as empty`;
+    if (row!.empty || Date.now() > deadline) return performance.now();
+    await Bun.sleep(20);
+  }
+}
+
+async function untilNoPending(sql: Sql, courseId: string): Promise<number> {
+  for (;;) {
+    const [row] = await sql`select exists (select 1 from allocator.requests where course_id = ${courseId} and status = 'PENDING') as pending`;
+    if (!row!.pending) return performance.now();
+    await Bun.sleep(5);
+  }
+}
+
+/**
+ * The baseline: each request decided in a transaction of its own that locks the course row
+ * (SELECT … FOR UPDATE), checks the student's live enrollment, writes the decision, the course's
+ * counters and the same event through the outbox. Requests are taken in score order, as the
+ * reference design popped them from its sorted set.
+ */
+async function baseline(sql: Sql, courseId: string, concurrency: number): Promise<{ seconds: number; decided: number }> {
+  const queue = (await sql`select id, student_id from allocator.requests where course_id = ${courseId} and status = 'PENDING' order by score, id`).map(
+    (row) => ({ id: row.id as string, studentId: row.student_id as string }),
+  );
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < queue.length) {
+        const request = queue[next++]!;
+        await sql.begin(async (tx) => {
+          const [course] = await tx`
+            select id, code, title, capacity, seats_taken, waitlist_length, version from allocator.courses where id = ${courseId} for update`;
+          const [live] = await tx`
+            select status from allocator.requests
+            where course_id = ${courseId} and student_id = ${request.studentId} and status in ('ENROLLED', 'WAITLISTED')`;
+          const status: DecidedStatus = live ? "REJECTED" : course!.seats_taken < course!.capacity ? "ENROLLED" : "WAITLISTED";
+          const reason = live ? `ALREADY_${live.status}` : status === "WAITLISTED" ? "COURSE_FULL" : "";
+          const [decided] = await tx`
+            update allocator.requests
+            set status = ${status}, reason = ${reason}, decided_at = clock_timestamp(), updated_at = clock_timestamp(),
+                enrolled_at = case when ${status} = 'ENROLLED' then clock_timestamp() end
+            where id = ${request.id} and status = 'PENDING'
+            returning decided_at`;
+          const seatsTaken = course!.seats_taken + (status === "ENROLLED" ? 1 : 0);
+          const waitlistLength = course!.waitlist_length + (status === "WAITLISTED" ? 1 : 0);
+          const version = Number(course!.version) + 1;
+          await tx`
+            update allocator.courses set seats_taken = ${seatsTaken}, waitlist_length = ${waitlistLength}, version = ${version}, updated_at = clock_timestamp()
+            where id = ${courseId}`;
+          const locked = { id: courseId, code: course!.code, title: course!.title, capacity: course!.capacity, seatsTaken, waitlistLength, version };
+          await enqueue(
+            tx,
+            decidedEvent(
+              { course: locked, version, seatsTaken, capacity: locked.capacity, occurredAt: decided!.decided_at },
+              { id: request.id, studentId: request.studentId, status, reason, waitlistPosition: status === "WAITLISTED" ? waitlistLength : undefined },
+            ),
+          );
+        });
+      }
+    }),
+  );
+  return { seconds: (performance.now() - started) / 1000, decided: queue.length };
+}
+
+async function main() {
+  const load = loadavg()[0]!;
+  const db = await createTestDatabase();
+  const prefix = testNatsPrefix();
+  const admin = postgres(db.url, { max: 2, onnotice: () => {} }) as unknown as Sql;
+  const [{ synchronous_commit }] = (await admin`show synchronous_commit`) as unknown as [{ synchronous_commit: string }];
+  const token = await testToken("bench", ["service", "registrar"]);
+  let service: ServiceProcess | undefined;
+  const env = { DATABASE_URL: db.url, NATS_PREFIX: prefix, LOG_LEVEL: "info", ALLOCATOR_MAX_PENDING: "1000000" };
+  try {
+    service = await startServiceProcess("allocator", { env, timeoutMs: 60_000 });
+    let api = connectApi(service.grpcAddress, token);
+
+    // (a) one course, a stampede from 200 callers.
+    const stampedeCourse = await api.createCourse("BENCH A", CAPACITY);
+    const stampede = await closedLoop(SIZES.stampede, SIZES.callers, (i) =>
+      api.enroll({ idempotencyKey: `a-${i}`, studentId: `a-${i}`, courseId: stampedeCourse }),
+    );
+    await waitUntilAllDecided(admin, 120_000);
+    const stampedeDecisions = await decisionStats(admin, [stampedeCourse]);
+
+    // (a) at a steady 2,000 calls/s.
+    await untilOutboxEmpty(admin);
+    const steadyCourse = await api.createCourse("BENCH A2", CAPACITY);
+    const steady = await openLoop(SIZES.steadyRate, SIZES.steadySeconds, (i) =>
+      api.enroll({ idempotencyKey: `s-${i}`, studentId: `s-${i}`, courseId: steadyCourse }),
+    );
+    await waitUntilAllDecided(admin, 120_000);
+    const steadyDecisions = await decisionStats(admin, [steadyCourse]);
+
+    // (c) 200 courses, 100,000 calls.
+    await untilOutboxEmpty(admin);
+    const courses: string[] = [];
+    for (let i = 0; i < SIZES.courses; i++) courses.push(await api.createCourse(`BENCH C${i}`, CAPACITY));
+    const spread = await closedLoop(SIZES.spread, SIZES.callers, (i) =>
+      api.enroll({ idempotencyKey: `c-${i}`, studentId: `c-${Math.floor(i / SIZES.courses)}`, courseId: courses[i % SIZES.courses]! }),
+    );
+    await waitUntilAllDecided(admin, 300_000);
+    const spreadDecisions = await decisionStats(admin, courses);
+
+    // (b) and (d): the same 20,000 pending requests twice, accepted while allocation is paused.
+    api.close();
+    await service.stop();
+    service = await startServiceProcess("allocator", { env: { ...env, ALLOCATOR_PAUSED: "true", LOG_LEVEL: process.env.BENCH_SERVICE_LOG_LEVEL ?? "info" }, timeoutMs: 60_000 });
+    api = connectApi(service.grpcAddress, token);
+    const releasedCourse = await api.createCourse("BENCH B", CAPACITY);
+    const baselineCourse = await api.createCourse("BENCH D", CAPACITY);
+    for (const [course, tag] of [[releasedCourse, "b"], [baselineCourse, "d"]] as const) {
+      await closedLoop(SIZES.decisions, SIZES.callers, (i) => api.enroll({ idempotencyKey: `${tag}-${i}`, studentId: `${tag}-${i}`, courseId: course }));
+    }
+
+    await untilOutboxEmpty(admin);
+    await vacuum(admin);
+    const pool = createSql({ url: db.url, schema: "allocator", max: SIZES.baselinePool });
+    const base = await baseline(pool, baselineCourse, SIZES.baselinePool);
+    await pool.end();
+
+    await untilOutboxEmpty(admin);
+    await vacuum(admin);
+    const released = performance.now();
+    service.process.kill("SIGUSR2");
+    const drained = await untilNoPending(admin, releasedCourse);
+    const releaseSeconds = (drained - released) / 1000;
+    // The relay publishes the batch's events to JetStream while and after it is decided.
+    const published = await untilOutboxEmpty(admin);
+    const releasedDecisions = await decisionStats(admin, [releasedCourse]);
+    api.close();
+
+    if (process.env.BENCH_SERVICE_LOG_LEVEL) for (const line of service.logs.slice(-60)) console.error(JSON.stringify(line));
+    const invariants = await checkInvariants(admin, { allDecided: true });
+    const result = {
+      benchmark: "allocator",
+      quick,
+      machine: { cores: availableParallelism(), load_average_1m_at_start: round(load, 2), load_average_1m_at_end: round(loadavg()[0]!, 2), synchronous_commit },
+      a_stampede_one_course: {
+        requests: SIZES.stampede,
+        concurrent_callers: SIZES.callers,
+        capacity: CAPACITY,
+        accepted_per_s: round(SIZES.stampede / stampede.seconds, 0),
+        decided_per_s: round(stampedeDecisions.decidedPerSecond, 0),
+        accept_latency_ms: { p50: round(percentile(stampede.latencies, 50), 2), p99: round(percentile(stampede.latencies, 99), 2) },
+        accept_to_decision_ms: { p50: round(stampedeDecisions.p50, 2), p99: round(stampedeDecisions.p99, 2) },
+      },
+      a_steady_2000_per_s: {
+        offered_per_s: SIZES.steadyRate,
+        requests: steady.sent,
+        accept_latency_ms: { p50: round(percentile(steady.latencies, 50), 2), p99: round(percentile(steady.latencies, 99), 2) },
+        accept_to_decision_ms: { p50: round(steadyDecisions.p50, 2), p99: round(steadyDecisions.p99, 2) },
+      },
+      b_decisions_alone: {
+        requests: SIZES.decisions,
+        decided_per_s: round(SIZES.decisions / releaseSeconds, 0),
+        seconds: round(releaseSeconds, 3),
+        decided: releasedDecisions.decided,
+        events_published_to_jetstream_within_s: round((published - released) / 1000, 3),
+      },
+      c_many_courses: {
+        courses: SIZES.courses,
+        requests: SIZES.spread,
+        accepted_per_s: round(SIZES.spread / spread.seconds, 0),
+        decided_per_s: round(spreadDecisions.decidedPerSecond, 0),
+        accept_latency_ms: { p50: round(percentile(spread.latencies, 50), 2), p99: round(percentile(spread.latencies, 99), 2) },
+        accept_to_decision_ms: { p50: round(spreadDecisions.p50, 2), p99: round(spreadDecisions.p99, 2) },
+      },
+      d_baseline_select_for_update: {
+        requests: base.decided,
+        concurrency: SIZES.baselinePool,
+        decided_per_s: round(base.decided / base.seconds, 0),
+        seconds: round(base.seconds, 3),
+      },
+      ratios: {
+        b_decisions_vs_baseline: round(SIZES.decisions / releaseSeconds / (base.decided / base.seconds), 1),
+        a_accepted_vs_baseline_decided: round(SIZES.stampede / stampede.seconds / (base.decided / base.seconds), 1),
+      },
+      targets: {
+        b_decisions_per_s_at_least_25000: SIZES.decisions / releaseSeconds >= 25_000,
+        b_at_least_15x_baseline: SIZES.decisions / releaseSeconds / (base.decided / base.seconds) >= 15,
+        enroll_accepted_per_s_at_least_4000: SIZES.stampede / stampede.seconds >= 4_000,
+        p99_accept_at_2000_per_s_at_most_25ms: percentile(steady.latencies, 99) <= 25,
+      },
+      invariants_hold: invariants.length === 0,
+      invariant_problems: invariants,
+    };
+    console.log(JSON.stringify(result, null, 2));
+  } finally {
+    if (service && service.process.exitCode === null) await service.stop();
+    await admin.end();
+    const nats = await connectNats({ servers: TEST_NATS_URL });
+    await deleteStreams(await jetstreamManager(nats), prefix).catch(() => {});
+    await nats.close();
+    await db.drop();
+  }
+}
+
+await main();
