@@ -252,22 +252,21 @@ async function main() {
     service = await startServiceProcess("allocator", { env, timeoutMs: 60_000 });
     let api = connectApi(service.grpcAddress, token);
 
-    // (a) one course, a stampede from 200 callers.
-    const stampedeCourse = await api.createCourse("BENCH A", CAPACITY);
-    const stampede = await closedLoop(SIZES.stampede, SIZES.callers, (i) =>
-      api.enroll({ idempotencyKey: `a-${i}`, studentId: `a-${i}`, courseId: stampedeCourse }),
+    /** Load on one fresh course, then its decisions' statistics once every request is decided. */
+    const onOneCourse = async <T>(code: string, load: (courseId: string) => Promise<T>) => {
+      await untilOutboxEmpty(admin);
+      const courseId = await api.createCourse(code, CAPACITY);
+      const measured = await load(courseId);
+      await waitUntilAllDecided(admin, 120_000);
+      return { measured, decisions: await decisionStats(admin, [courseId]) };
+    };
+    // (a) one course, a stampede from 200 callers; then a steady 2,000 calls/s.
+    const { measured: stampede, decisions: stampedeDecisions } = await onOneCourse("BENCH A", (courseId) =>
+      closedLoop(SIZES.stampede, SIZES.callers, (i) => api.enroll({ idempotencyKey: `a-${i}`, studentId: `a-${i}`, courseId })),
     );
-    await waitUntilAllDecided(admin, 120_000);
-    const stampedeDecisions = await decisionStats(admin, [stampedeCourse]);
-
-    // (a) at a steady 2,000 calls/s.
-    await untilOutboxEmpty(admin);
-    const steadyCourse = await api.createCourse("BENCH A2", CAPACITY);
-    const steady = await openLoop(SIZES.steadyRate, SIZES.steadySeconds, (i) =>
-      api.enroll({ idempotencyKey: `s-${i}`, studentId: `s-${i}`, courseId: steadyCourse }),
+    const { measured: steady, decisions: steadyDecisions } = await onOneCourse("BENCH A2", (courseId) =>
+      openLoop(SIZES.steadyRate, SIZES.steadySeconds, (i) => api.enroll({ idempotencyKey: `s-${i}`, studentId: `s-${i}`, courseId })),
     );
-    await waitUntilAllDecided(admin, 120_000);
-    const steadyDecisions = await decisionStats(admin, [steadyCourse]);
 
     // (c) 200 courses, 100,000 calls.
     await untilOutboxEmpty(admin);
