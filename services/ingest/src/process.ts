@@ -19,9 +19,9 @@ import { attemptSeconds, jobAttempts, pagesProcessed } from "./metrics.ts";
 import { PdfError } from "./pdf-text.ts";
 import {
   finishJob,
-  getJobDetail,
   getJobRow,
   insertCourse,
+  listDocuments,
   lockJob,
   recordProgress,
   renewLease,
@@ -192,7 +192,10 @@ export function createJobProcessor(options: ProcessorOptions): JobProcessor {
       }
     };
     const progress = progressWriter(job, () => void stopIfNotOurs());
-    const unsubscribe = options.changes.subscribe(job.id, () => void stopIfNotOurs());
+    // Our own progress writes notify too (as PROCESSING): only a change of status needs a look.
+    const unsubscribe = options.changes.subscribe(job.id, (status) => {
+      if (status !== "PROCESSING") void stopIfNotOurs();
+    });
     const heartbeat = setInterval(() => {
       renewLease(sql, job.id, workerId, options.leaseMs).then(
         (held) => {
@@ -210,8 +213,8 @@ export function createJobProcessor(options: ProcessorOptions): JobProcessor {
       await stopIfNotOurs();
       signal.throwIfAborted();
       progress.report(1, "downloading documents", true);
-      const detail = (await getJobDetail(sql, job.id))!;
-      const documents = await Promise.all(detail.documents.map(async (d) => ({ filename: d.filename, bytes: await options.documents.get(d.sha256) })));
+      const stored = await listDocuments(sql, job.id);
+      const documents = await Promise.all(stored.map(async (d) => ({ filename: d.filename, bytes: await options.documents.get(d.sha256) })));
       signal.throwIfAborted();
       const result = await withSpan("ingest.extract", { attributes: { "coursemesh.ingest.job_id": job.id, "coursemesh.ingest.documents": documents.length } }, () =>
         options.pool.run(

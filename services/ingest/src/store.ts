@@ -202,11 +202,16 @@ export async function getJobRow(sql: Db, id: string): Promise<JobRow | undefined
   return row ? toJob(row) : undefined;
 }
 
+/** A job's documents in upload order. */
+export async function listDocuments(sql: Db, jobId: string): Promise<DocumentRow[]> {
+  return (await sql`select * from documents where job_id = ${jobId} order by position`).map(toDocument);
+}
+
 /** One job with its documents and, once completed, its outline. */
 export async function getJobDetail(sql: Db, id: string): Promise<JobDetail | undefined> {
   const job = await getJobRow(sql, id);
   if (!job) return undefined;
-  const documents = (await sql`select * from documents where job_id = ${id} order by position`).map(toDocument);
+  const documents = await listDocuments(sql, id);
   const course = job.courseId ? ((await getCourse(sql, job.courseId)) ?? null) : null;
   return { ...job, documents, course };
 }
