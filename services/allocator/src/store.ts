@@ -230,12 +230,22 @@ export async function insertRequests(sql: Sql, requests: readonly NewRequest[], 
         select p.score, p.id from requests p
         where p.course_id = h.course_id and p.status = 'PENDING' and (p.score, p.id) >= (h.score, h.id)
       ) p
+    ),
+    -- One window over the new rows and the interleaved ones (no per-row count, no join back).
+    ranked as (
+      select m.*,
+        count(*) filter (where m.created_at is null) over w as existing_before,
+        count(*) filter (where m.created_at is not null) over w as new_upto
+      from (
+        select course_id, score, id, created_at from inserted
+        union all
+        select course_id, score, id, null from interleaved
+      ) m
+      window w as (partition by m.course_id order by m.score, m.id)
     )
-    select i.id, i.created_at,
-      (a.n
-        + (select count(*) from interleaved x where x.course_id = i.course_id and (x.score, x.id) < (i.score, i.id))
-        + row_number() over (partition by i.course_id order by i.score, i.id))::int as queue_position
-    from inserted i join ahead a on a.course_id = i.course_id`;
+    select r.id, r.created_at, (a.n + r.existing_before + r.new_upto)::int as queue_position
+    from ranked r join ahead a on a.course_id = r.course_id
+    where r.created_at is not null`;
   return rows.map((row) => ({ id: row.id, createdAt: row.created_at, queuePosition: row.queue_position }));
 }
 

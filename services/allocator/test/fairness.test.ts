@@ -45,6 +45,14 @@ describe("with allocation paused", () => {
     expect((await api.enroll(registrar, { idempotencyKey: "fair-3", studentId: "f-3", courseId: course!.id, priority: priorities[3] })).requestId).toBe(
       accepted[3]!.requestId,
     );
+    // Queue positions follow the score: a boosted newcomer goes ahead of those already waiting.
+    const { course: queued } = await api.createCourse(registrar, { code: courseCode("QUEUE"), title: "Queue", capacity: 1 });
+    const place = async (key: string, priority: number) =>
+      (await api.enroll(registrar, { idempotencyKey: key, studentId: key, courseId: queued!.id, priority })).queuePosition;
+    expect([await place("q-a", 0), await place("q-b", 0), await place("q-c", 100)]).toEqual([1, 2, 1]);
+    const now = async (key: string) => (await api.getRequest(registrar, { lookup: { $case: "idempotencyKey", value: key } })).enrollment!.queuePosition;
+    expect([await now("q-a"), await now("q-b"), await now("q-c")]).toEqual([2, 3, 1]);
+
     // A request still pending cannot be dropped yet.
     const early = await failure(api.drop(registrar, { studentId: "f-0", courseId: course!.id, idempotencyKey: "fair-drop" }));
     expect([early.code, early.reason]).toEqual([GrpcStatus.FAILED_PRECONDITION, "REQUEST_PENDING"]);
