@@ -8,6 +8,7 @@ import { BrowserGoneError, type BrowserPool } from "./browser.ts";
 import { readJsonPath, readSeatsFromDocument, readSeatsFromHtml, seatsFromReading, type ExtractorSpec, type PageReading } from "./extract.ts";
 import { decideDestination, REFUSED_HEADER, type GuardPolicy, type GuardProxy } from "./guard-proxy.ts";
 import type { SeatReading } from "./seats.ts";
+import { SpanStatusCode, withSpan } from "@coursemesh/shared/telemetry.ts";
 
 /** What a check needs to know about its monitor. */
 export interface CheckTarget {
@@ -147,7 +148,11 @@ export function createChecker(options: CheckerOptions): Checker {
 
   async function checkInBrowser(target: CheckTarget, deadline: number): Promise<CheckOutcome> {
     const key = target.isolation === "MONITOR" ? ({ kind: "monitor", monitorId: target.id } as const) : ({ kind: "host", host: hostKey(target.url) } as const);
-    return browser.withPage(key, (page, discard) => readInBrowser(page, target, deadline, discard));
+    return withSpan("scraper.browser_read", { attributes: { "coursemesh.scraper.monitor_id": target.id, "coursemesh.scraper.isolation": target.isolation } }, async (span) => {
+      const outcome = await browser.withPage(key, (page, discard) => readInBrowser(page, target, deadline, discard));
+      if (outcome.kind !== "ok") span.setStatus({ code: SpanStatusCode.ERROR, message: outcome.error });
+      return outcome;
+    });
   }
 
   async function fetchPage(target: CheckTarget, signal: AbortSignal): Promise<{ response: Response } | { error: string }> {

@@ -11,7 +11,7 @@ import { enqueueMany } from "@coursemesh/shared/events/outbox.ts";
 import type { OutboxEvent } from "@coursemesh/shared/events/outbox.ts";
 import type { Logger } from "@coursemesh/shared/logger.ts";
 import { registry } from "@coursemesh/shared/metrics.ts";
-import { linkFromTraceparent, SpanKind, withSpan, type Link } from "@coursemesh/shared/telemetry.ts";
+import { linkFromTraceparent, SpanKind, SpanStatusCode, withSpan, type Link } from "@coursemesh/shared/telemetry.ts";
 import type { CheckOutcome, Checker } from "./check.ts";
 import { healthChangedEvent, seatsChangedEvent } from "./events.ts";
 import type { MonitorFeed } from "./feed.ts";
@@ -183,7 +183,10 @@ export function startScheduler(options: SchedulerOptions): Scheduler {
           );
           stopTimer();
           span.setAttribute("coursemesh.scraper.outcome", outcome.kind);
-          if (outcome.kind !== "ok") span.setAttribute("coursemesh.scraper.error", outcome.error);
+          if (outcome.kind !== "ok") {
+            span.setAttribute("coursemesh.scraper.error", outcome.error);
+            span.setStatus({ code: SpanStatusCode.ERROR, message: outcome.error });
+          }
           checksTotal.inc({ fetch_mode: monitor.fetchMode, outcome: outcome.kind });
           const recorded = await recordOutcome({ sql, feed, logger, settings }, leased, outcome);
           if (recorded) span.setAttribute("coursemesh.scraper.changed", recorded.changed);
