@@ -5,7 +5,7 @@
  * into one trailing email, due at the window's end, carrying the latest value.
  */
 import type { Tx } from "@coursemesh/shared/db";
-import { currentTraceparent } from "@coursemesh/shared/telemetry";
+import { currentTraceparent, withSpan } from "@coursemesh/shared/telemetry";
 import { EVENT_TYPES, renderEventMessage, type EventType, type PayloadExtras } from "./messages.ts";
 import type { ChannelName, Target } from "./recipients.ts";
 import * as store from "./store.ts";
@@ -109,8 +109,17 @@ async function insertSeatEmail(tx: Tx, settings: FanOutSettings, base: store.New
 export async function fanOut(tx: Tx, settings: FanOutSettings, event: IncomingEvent): Promise<Set<ChannelName>> {
   const type = eventTypeOf(event.subject);
   if (!type) return new Set();
-  const facts = factsOf(type, event.payload);
+  // Deliveries hang under the consumer's process span (the sender continues it), not under this one.
   const traceparent = currentTraceparent() ?? null;
+  return withSpan("notifier.fan_out", { attributes: { "coursemesh.notifier.event_type": type, "coursemesh.event.id": event.eventId } }, async (span) => {
+    const channels = await writeDeliveries(tx, settings, event, type, traceparent);
+    span.setAttribute("coursemesh.notifier.channels", [...channels].sort());
+    return channels;
+  });
+}
+
+async function writeDeliveries(tx: Tx, settings: FanOutSettings, event: IncomingEvent, type: EventType, traceparent: string | null): Promise<Set<ChannelName>> {
+  const facts = factsOf(type, event.payload);
   if (type !== "seats.changed" || settings.coalesceMs === 0) {
     // Every recipient gets the event as it is: one statement writes them all.
     const render = (perspective: "student" | "course") => renderEventMessage(type, { event: event.payload, perspective }).subject;
