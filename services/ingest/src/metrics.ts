@@ -5,6 +5,9 @@
 import { Counter, Gauge, Histogram } from "prom-client";
 import type { Sql } from "@coursemesh/shared/db.ts";
 import { registry } from "@coursemesh/shared/metrics.ts";
+import { countJobsByStatus, type JobStatusName } from "./store.ts";
+
+const JOB_STATUSES: JobStatusName[] = ["PENDING", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"];
 
 /** Uploads accepted (a job made or found by its idempotency key) and their bytes. */
 export const uploadsAccepted = new Counter({
@@ -55,6 +58,20 @@ export function registerQueueGauges(sql: Sql, running: () => number): void {
         for (const status of ["PENDING", "PROCESSING"]) this.set({ status }, (rows.find((r) => r.status === status)?.n as number) ?? 0);
       } catch {
         // The database is unreachable: /readyz says so; the scrape still succeeds with the last values.
+      }
+    },
+  });
+  new Gauge({
+    name: "coursemesh_ingest_jobs",
+    help: "Jobs by status, across all replicas (read from Postgres at scrape time).",
+    labelNames: ["status"] as const,
+    registers: [registry],
+    async collect() {
+      try {
+        const counts = await countJobsByStatus(sql);
+        for (const status of JOB_STATUSES) this.set({ status }, counts.get(status) ?? 0);
+      } catch {
+        // As above: the last values stand while the database is unreachable.
       }
     },
   });

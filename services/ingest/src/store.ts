@@ -406,3 +406,9 @@ export async function lockAbandonedJobs(tx: Tx, cutoff: Date, limit: number): Pr
     for update of j skip locked`;
   return rows.map(toJob);
 }
+
+/** Jobs counted by status, for the scrape-time gauge. */
+export async function countJobsByStatus(db: Db): Promise<Map<JobStatusName, number>> {
+  const rows = await db`select status, count(*)::int as n from jobs group by status`;
+  return new Map(rows.map((row) => [row.status as JobStatusName, row.n as number]));
+}

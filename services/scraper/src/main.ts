@@ -14,6 +14,7 @@ import { createMonitorFeed } from "./feed.ts";
 import { monitorService } from "./grpc.ts";
 import { startGuardProxy, type GuardPolicy } from "./guard-proxy.ts";
 import type { ScheduleSettings } from "./monitors.ts";
+import { registerMonitorGauges } from "./metrics.ts";
 import { createNotifierGateway } from "./notifier.ts";
 import { startScheduler } from "./schedule.ts";
 
@@ -63,6 +64,7 @@ await runService({
       sweepMs: required(config, "SCRAPER_SWEEP_INTERVAL_MS"),
       checkTimeoutMs: timeoutMs,
     });
+    registerMonitorGauges(sql);
     const notifier = createNotifierGateway(required(config, "NOTIFIER_ADDR"), required(config, "SCRAPER_NOTIFIER_TIMEOUT_MS"), logger);
     const stopping = new AbortController();
 

@@ -284,3 +284,9 @@ export async function markStale(tx: Tx, intervals: number, limit: number): Promi
     returning m.*, stale.previous_health`;
   return rows.map((row) => ({ monitor: toRecord(row), previous: row.previous_health as Health }));
 }
+
+/** Monitors counted by mode and health, for the scrape-time gauge. */
+export async function countMonitorsByModeAndHealth(db: Db): Promise<{ mode: Mode; health: Health; n: number }[]> {
+  const rows = await db`select mode, health, count(*)::int as n from monitors group by mode, health`;
+  return rows.map((row) => ({ mode: row.mode as Mode, health: row.health as Health, n: row.n as number }));
+}
