@@ -104,6 +104,39 @@ const leaderGauge = new Gauge({
   registers: [registry],
 });
 
+/** Each running relay's outbox, read from Postgres at scrape time (every replica sees the same table). */
+const outboxesToMeasure = new Map<string, Sql>();
+async function readOutboxes(): Promise<Map<string, { rows: number; oldestSeconds: number }>> {
+  const read = new Map<string, { rows: number; oldestSeconds: number }>();
+  for (const [service, sql] of outboxesToMeasure) {
+    try {
+      const [row] = await sql`select count(*)::int as rows, coalesce(extract(epoch from now() - min(created_at)), 0)::float8 as oldest from outbox`;
+      read.set(service, { rows: row!.rows as number, oldestSeconds: row!.oldest as number });
+    } catch {
+      // The database is unreachable: /readyz says so; the scrape keeps the last values.
+    }
+  }
+  return read;
+}
+new Gauge({
+  name: "coursemesh_outbox_backlog",
+  help: "Outbox rows not yet acknowledged by JetStream (read from Postgres at scrape time).",
+  labelNames: ["service"] as const,
+  registers: [registry],
+  async collect() {
+    for (const [service, { rows }] of await readOutboxes()) this.set({ service }, rows);
+  },
+});
+new Gauge({
+  name: "coursemesh_outbox_relay_lag_seconds",
+  help: "Age of the oldest unpublished outbox row: how far the relay is behind (0 when the outbox is empty).",
+  labelNames: ["service"] as const,
+  registers: [registry],
+  async collect() {
+    for (const [service, { oldestSeconds }] of await readOutboxes()) this.set({ service }, oldestSeconds);
+  },
+});
+
 /** A one-slot wake-up: `notify` before `wait` is not lost. */
 class Wakeup {
   private pending = false;
@@ -154,6 +187,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
   const notifyDebounceMs = options.notifyDebounceMs ?? 25;
 
   const [{ schema }] = (await sql`select current_schema() as schema`) as unknown as [{ schema: string }];
+  outboxesToMeasure.set(service, sql);
   const lockKey = advisoryKey(`coursemesh.outbox.relay.${schema}`).toString();
   const channel = `coursemesh_outbox_${schema}`;
   const log = logger.child({ component: "outbox-relay", schema });
@@ -490,6 +524,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
     async stop() {
       if (stopping) return running;
       stopping = true;
+      if (outboxesToMeasure.get(service) === sql) outboxesToMeasure.delete(service);
       unsubscribeWrites();
       if (notifyTimer) clearTimeout(notifyTimer);
       activity.notify();
