@@ -6,6 +6,12 @@
  * consumer already applied is acked and skipped. Transient failures are retried with `nak(delay)`;
  * poison, or a failure on the last attempt, is copied to the DLQ stream with the error and
  * terminated.
+ *
+ * Batch mode (`batchHandler`) decides up to `batchSize` fetched events in one transaction: the
+ * dedupe rows and aggregate versions are written set-based, and the acks follow its commit. A batch
+ * that fails is decided again one event per transaction, so a poison event is isolated and the
+ * rest still commit; nak, term and the DLQ work as above. Events of one aggregate stay in delivery
+ * order: a batch takes them in order, and no two batches in flight share an aggregate.
  */
 import {
   AckPolicy,
@@ -21,11 +27,12 @@ import {
   type JsMsg,
 } from "@nats-io/jetstream";
 import { headers as natsHeaders, type NatsConnection } from "@nats-io/transport-node";
+import { context as otelContext, trace, type Context, type Span } from "@opentelemetry/api";
 import { Counter } from "prom-client";
 import type { Sql, Tx } from "../db.ts";
 import type { Logger } from "../logger.ts";
 import { registry } from "../metrics.ts";
-import { extractTraceContext, recordError, SpanKind, withSpan } from "../telemetry.ts";
+import { extractTraceContext, recordError, SpanKind, withSpan, type Attributes } from "../telemetry.ts";
 import { EventHeader, headersToObject, headerValue } from "./publish.ts";
 import { consumerName, prefixedSubject, streamName, unprefixedSubject, type StreamName } from "./streams.ts";
 
@@ -44,6 +51,11 @@ export interface ConsumedEvent<T = Record<string, unknown>> {
   /** 1 on the first delivery. */
   deliveryCount: number;
   streamSequence: number;
+  /**
+   * The context of this event's `<service>.process` span. Batch handlers pass it on (e.g. as a
+   * row's traceparent) so later work continues the event's trace; one-event handlers run inside it.
+   */
+  trace?: Context;
 }
 
 /**
@@ -53,12 +65,21 @@ export interface ConsumedEvent<T = Record<string, unknown>> {
  */
 export type EventHandler<T> = (tx: Tx, event: ConsumedEvent<T>, msg: JsMsg) => Promise<void>;
 
+/**
+ * Batch mode: runs inside one transaction for a batch of events that are new to this consumer (and
+ * not stale), in delivery order. Write with `tx`, set-based where you can. Throwing anything fails
+ * the whole batch, whose events are then decided again one per transaction (a one-event batch
+ * each): only there does `PoisonEventError` send an event to the DLQ at once. What it returns goes
+ * to `afterCommit`.
+ */
+export type BatchEventHandler<T, R = unknown> = (tx: Tx, events: ConsumedEvent<T>[]) => Promise<R>;
+
 /** Thrown by a handler (or the loop) for an event that will never succeed: it goes to the DLQ at once. */
 export class PoisonEventError extends Error {
   override name = "PoisonEventError";
 }
 
-export interface ConsumerOptions<T> {
+export interface ConsumerOptions<T, R = unknown> {
   sql: Sql;
   nats: NatsConnection;
   /** Names spans (`<service>.process`) and the DLQ subject `dlq.<service>.<durable>`. */
@@ -71,8 +92,21 @@ export interface ConsumerOptions<T> {
   durable: string;
   /** Subjects without the prefix; all of the stream when left out. More than one needs nats-server 2.10+. */
   filterSubjects?: string[];
-  handler: EventHandler<T>;
-  /** Handlers running at once (events of one aggregate still run one at a time, in order). */
+  /** One event per transaction. Give this or `batchHandler`. */
+  handler?: EventHandler<T>;
+  /** Batch mode: up to `batchSize` events per transaction. Give this or `handler`. */
+  batchHandler?: BatchEventHandler<T, R>;
+  /** Batch mode: the most events one transaction decides (default 100). */
+  batchSize?: number;
+  /**
+   * Batch mode: runs after a transaction that applied events commits and before their acks, with
+   * the batch handler's result (e.g. to wake a worker for the rows it wrote).
+   */
+  afterCommit?: (result: R, events: ConsumedEvent<T>[]) => void;
+  /**
+   * Handlers (batch mode: transactions) running at once; events of one aggregate still run one at
+   * a time, in order.
+   */
   concurrency?: number;
   /** Messages delivered but not yet acked, across all replicas of this consumer. */
   maxAckPending?: number;
@@ -95,7 +129,7 @@ export type ConsumeOutcome = "applied" | "duplicate" | "stale" | "retried" | "de
 export interface RunningConsumer {
   /** Counts of outcomes since start. */
   stats(): Record<ConsumeOutcome, number>;
-  /** Stops fetching, finishes the handlers in flight, and returns. */
+  /** Stops fetching, finishes the handlers in flight (batch mode: and the events already fetched), and returns. */
   stop(): Promise<void>;
 }
 
@@ -206,9 +240,11 @@ class Slots {
 }
 
 /** Starts a durable consumer loop that restarts itself after failures until `stop()`. */
-export async function startConsumer<T = Record<string, unknown>>(options: ConsumerOptions<T>): Promise<RunningConsumer> {
-  const { sql, nats, service, prefix, durable, handler } = options;
+export async function startConsumer<T = Record<string, unknown>, R = unknown>(options: ConsumerOptions<T, R>): Promise<RunningConsumer> {
+  const { sql, nats, service, prefix, durable, handler, batchHandler } = options;
   if (!DURABLE.test(durable)) throw new Error(`durable "${durable}" must be letters, digits, - and _`);
+  if ((handler === undefined) === (batchHandler === undefined)) throw new Error(`consumer "${durable}" needs exactly one of handler and batchHandler`);
+  const batchSize = Math.max(1, Math.floor(options.batchSize ?? 100));
   const concurrency = options.concurrency ?? 4;
   const maxDeliver = options.maxDeliver ?? 5;
   const backoffMs = options.backoffMs?.length ? options.backoffMs : [1000, 5000, 15_000, 60_000];
@@ -230,7 +266,8 @@ export async function startConsumer<T = Record<string, unknown>>(options: Consum
     ack_wait: nanos(ackWaitMs),
     // The loop counts attempts itself; the server never silently drops a message.
     max_deliver: -1,
-    max_ack_pending: options.maxAckPending ?? concurrency * 4,
+    // Batch mode holds a queue of up to `batchSize * concurrency` events besides the batches in flight.
+    max_ack_pending: options.maxAckPending ?? (batchHandler ? batchSize * concurrency * 2 : concurrency * 4),
     ...(filters.length === 1 ? { filter_subject: filters[0] } : filters.length > 1 ? { filter_subjects: filters } : {}),
   };
   await ensureConsumer(jsm, stream, config);
@@ -290,7 +327,9 @@ export async function startConsumer<T = Record<string, unknown>>(options: Consum
     log.error({ err: error, eventId, seq: msg.seq, reason, deliveries: msg.info.deliveryCount, dlq: dlqSubject }, "event dead-lettered");
   }
 
-  async function apply(event: ConsumedEvent<T>, msg: JsMsg): Promise<"applied" | "duplicate" | "stale"> {
+  type Decided = "applied" | "duplicate" | "stale";
+
+  async function apply(event: ConsumedEvent<T>, msg: JsMsg): Promise<Decided> {
     return (await sql.begin(async (tx) => {
       const [fresh] = await tx`
         insert into consumed_events (consumer, event_id) values (${durable}, ${event.eventId})
@@ -305,9 +344,39 @@ export async function startConsumer<T = Record<string, unknown>>(options: Consum
           returning true as newer`;
         if (!newer) return "stale";
       }
-      await handler(tx, event, msg);
+      await handler!(tx, event, msg);
       return "applied";
-    })) as "applied" | "duplicate" | "stale";
+    })) as Decided;
+  }
+
+  /** The attributes of an event's `<service>.process` span. */
+  function processAttributes(msg: JsMsg, event: ConsumedEvent<T>): Attributes {
+    return {
+      "messaging.system": "nats",
+      "messaging.operation.type": "process",
+      "messaging.operation.name": "process",
+      "messaging.destination.name": msg.subject,
+      "messaging.consumer.group.name": name,
+      "messaging.message.id": event.eventId,
+      "messaging.message.body.size": msg.data.byteLength,
+      "messaging.nats.stream": stream,
+      "messaging.nats.sequence": msg.seq,
+      "messaging.nats.delivery_count": event.deliveryCount,
+      "coursemesh.event.type": event.type,
+    };
+  }
+
+  /** A failed attempt: the DLQ for poison or the last attempt, otherwise a nak with backoff. */
+  async function settleFailure(msg: JsMsg, event: ConsumedEvent<T>, error: unknown): Promise<void> {
+    if (error instanceof PoisonEventError) {
+      await deadLetter(msg, error, "poison", event.eventId);
+    } else if (!isInfrastructureError(error) && event.deliveryCount >= maxDeliver) {
+      await deadLetter(msg, error, "attempts", event.eventId);
+    } else {
+      msg.nak(retryDelay(event.deliveryCount));
+      count("retried");
+      log.warn({ err: error, eventId: event.eventId, deliveries: event.deliveryCount }, "event failed; it will be redelivered");
+    }
   }
 
   async function handle(msg: JsMsg): Promise<void> {
@@ -323,24 +392,9 @@ export async function startConsumer<T = Record<string, unknown>>(options: Consum
       await serialized(event.aggregateId, () =>
         withSpan(
           `${service}.process`,
-          {
-            kind: SpanKind.CONSUMER,
-            parent: extractTraceContext(event.headers),
-            attributes: {
-              "messaging.system": "nats",
-              "messaging.operation.type": "process",
-              "messaging.operation.name": "process",
-              "messaging.destination.name": msg.subject,
-              "messaging.consumer.group.name": name,
-              "messaging.message.id": event.eventId,
-              "messaging.message.body.size": msg.data.byteLength,
-              "messaging.nats.stream": stream,
-              "messaging.nats.sequence": msg.seq,
-              "messaging.nats.delivery_count": event.deliveryCount,
-              "coursemesh.event.type": event.type,
-            },
-          },
+          { kind: SpanKind.CONSUMER, parent: extractTraceContext(event.headers), attributes: processAttributes(msg, event) },
           async (span) => {
+            event.trace = otelContext.active();
             try {
               const outcome = await apply(event, msg);
               msg.ack();
@@ -348,15 +402,7 @@ export async function startConsumer<T = Record<string, unknown>>(options: Consum
               count(outcome);
             } catch (error) {
               recordError(span, error);
-              if (error instanceof PoisonEventError) {
-                await deadLetter(msg, error, "poison", event.eventId);
-              } else if (!isInfrastructureError(error) && event.deliveryCount >= maxDeliver) {
-                await deadLetter(msg, error, "attempts", event.eventId);
-              } else {
-                msg.nak(retryDelay(event.deliveryCount));
-                count("retried");
-                log.warn({ err: error, eventId: event.eventId, deliveries: event.deliveryCount }, "event failed; it will be redelivered");
-              }
+              await settleFailure(msg, event, error);
             }
           },
         ),
@@ -364,6 +410,249 @@ export async function startConsumer<T = Record<string, unknown>>(options: Consum
     } finally {
       clearInterval(heartbeat);
     }
+  }
+
+  // ---- Batch mode ----
+
+  /** An event of batch mode, from its arrival until its ack, nak or term. */
+  interface HeldEvent {
+    msg: JsMsg;
+    event: ConsumedEvent<T>;
+    span: Span;
+  }
+
+  interface BatchDecision {
+    /** Per event of the batch, in order. */
+    outcomes: Decided[];
+    /** The events the batch handler applied. */
+    applied: ConsumedEvent<T>[];
+    result: R | undefined;
+  }
+
+  const tracer = trace.getTracer("coursemesh");
+  // Parsed events waiting for a batch, in delivery order.
+  const waiting: HeldEvent[] = [];
+  // Aggregates with an event in a batch in flight: their later events wait until it is decided.
+  const busyAggregates = new Set<string>();
+  // Every message between its arrival and its ack, nak or term.
+  const held = new Set<JsMsg>();
+  const queueLimit = batchSize * concurrency;
+  let batchesInFlight = 0;
+  let pumpScheduled = false;
+  const roomWaiters: (() => void)[] = [];
+  // One timer keeps every held message ours (instead of one timer per message).
+  const batchHeartbeat = batchHandler
+    ? setInterval(() => {
+        for (const msg of held) msg.working();
+      }, Math.max(50, Math.floor(ackWaitMs / 3)))
+    : undefined;
+
+  function track(work: Promise<void>): void {
+    const tracked = work
+      .catch((error) => log.error({ err: error }, "event handling failed unexpectedly"))
+      .finally(() => inFlight.delete(tracked));
+    inFlight.add(tracked);
+  }
+
+  /** Batch mode's intake: parse, queue, and hold the fetch loop back while the queue is full. */
+  async function admit(msg: JsMsg): Promise<void> {
+    if (stopping) {
+      msg.nak();
+      return;
+    }
+    let event: ConsumedEvent<T>;
+    try {
+      event = parseEvent<T>(msg, prefix);
+    } catch (error) {
+      track(deadLetter(msg, error, "poison", headersToObject(msg.headers)[EventHeader.MsgId]));
+      return;
+    }
+    const span = tracer.startSpan(`${service}.process`, { kind: SpanKind.CONSUMER, attributes: processAttributes(msg, event) }, extractTraceContext(event.headers));
+    event.trace = trace.setSpan(extractTraceContext(event.headers), span);
+    waiting.push({ msg, event, span });
+    held.add(msg);
+    schedulePump();
+    while (waiting.length >= queueLimit && !stopping) await new Promise<void>((resolve) => roomWaiters.push(resolve));
+  }
+
+  function schedulePump(): void {
+    if (pumpScheduled) return;
+    pumpScheduled = true;
+    // After the I/O callbacks of this turn: messages that arrived together make one batch.
+    setImmediate(pump);
+  }
+
+  /** Starts batches while there is room; also after stop(), so the events already fetched are decided. */
+  function pump(): void {
+    pumpScheduled = false;
+    while (batchesInFlight < concurrency) {
+      const batch = takeBatch();
+      if (batch.length === 0) break;
+      batchesInFlight++;
+      track(
+        runBatch(batch).finally(() => {
+          batchesInFlight--;
+          for (const { event } of batch) if (event.aggregateId !== null) busyAggregates.delete(event.aggregateId);
+          pump();
+        }),
+      );
+    }
+    if (waiting.length < queueLimit || stopping) for (const wake of roomWaiters.splice(0)) wake();
+  }
+
+  /** The next batch: waiting events in delivery order, passing over aggregates a batch in flight holds. */
+  function takeBatch(): HeldEvent[] {
+    const batch: HeldEvent[] = [];
+    const mine = new Set<string>();
+    const rest: HeldEvent[] = [];
+    for (const item of waiting) {
+      const key = item.event.aggregateId;
+      const free = key === null || mine.has(key) || !busyAggregates.has(key);
+      if (batch.length < batchSize && free) {
+        batch.push(item);
+        if (key !== null && !mine.has(key)) {
+          mine.add(key);
+          busyAggregates.add(key);
+        }
+      } else {
+        rest.push(item);
+      }
+    }
+    waiting.splice(0, waiting.length, ...rest);
+    return batch;
+  }
+
+  /** Decides a batch in one transaction; if that fails, each of its events in a transaction of its own. */
+  async function runBatch(batch: HeldEvent[]): Promise<void> {
+    let decision: BatchDecision;
+    try {
+      decision = await withSpan(
+        `${service}.process_batch`,
+        {
+          root: true,
+          links: batch.map((item) => ({ context: item.span.spanContext() })),
+          attributes: { "messaging.batch.message_count": batch.length, "messaging.consumer.group.name": name, "messaging.nats.stream": stream },
+        },
+        () => applyBatch(batch.map((item) => item.event)),
+      );
+    } catch (error) {
+      if (batch.length > 1 && !isInfrastructureError(error)) {
+        // Something in the batch fails (or the batch as a whole): find out which, one event at a time.
+        log.warn({ err: error, events: batch.length }, "batch failed; deciding its events one at a time");
+        for (const item of batch) await runBatch([item]);
+        return;
+      }
+      // One event failed, or the database is away (which no event is to blame for).
+      for (const item of batch) {
+        try {
+          recordError(item.span, error);
+          await settleFailure(item.msg, item.event, error);
+        } finally {
+          held.delete(item.msg);
+          item.span.end();
+        }
+      }
+      return;
+    }
+    if (decision.applied.length > 0 && options.afterCommit) {
+      try {
+        options.afterCommit(decision.result as R, decision.applied);
+      } catch (error) {
+        log.error({ err: error }, "afterCommit failed (the batch is committed and is acked)");
+      }
+    }
+    batch.forEach((item, i) => {
+      const outcome = decision.outcomes[i]!;
+      item.msg.ack();
+      held.delete(item.msg);
+      item.span.setAttribute("coursemesh.event.outcome", outcome);
+      item.span.end();
+      count(outcome);
+    });
+  }
+
+  /**
+   * One transaction for a batch: the dedupe rows and the aggregate versions set-based, then the
+   * batch handler with the events that are new and not stale.
+   */
+  async function applyBatch(events: ConsumedEvent<T>[]): Promise<BatchDecision> {
+    return (await sql.begin(async (tx) => {
+      const outcomes: Decided[] = events.map(() => "applied");
+      // A repeat inside the batch (the same event under another Nats-Msg-Id) counts once.
+      const firstOf = new Map<string, number>();
+      events.forEach((event, i) => {
+        const id = event.eventId.toLowerCase();
+        if (firstOf.has(id)) outcomes[i] = "duplicate";
+        else firstOf.set(id, i);
+      });
+      // Sorted, so concurrent batches (other replicas) take row locks in one order.
+      const ids = [...firstOf.keys()].sort();
+      const highest = new Map<string, number>();
+      if (skipStale) {
+        for (const i of firstOf.values()) {
+          const { aggregateId, aggregateVersion } = events[i]!;
+          if (aggregateId !== null && aggregateVersion !== null) highest.set(aggregateId, Math.max(highest.get(aggregateId) ?? aggregateVersion, aggregateVersion));
+        }
+      }
+      const aggregates = [...highest.keys()].sort();
+      // One round trip (pipelined): the dedupe rows; a version row for each aggregate seen for the
+      // first time (holding its highest version here, which is what it ends with); and the row locks
+      // of all of them, which also serialise this aggregate's batches across replicas.
+      const [fresh, created, locked] = await Promise.all([
+        tx<{ id: string }[]>`
+          insert into consumed_events (consumer, event_id)
+          select ${durable}, id from unnest(${ids}::uuid[]) as t(id)
+          on conflict do nothing returning event_id::text as id`,
+        aggregates.length === 0
+          ? []
+          : tx<{ aggregate_id: string }[]>`
+          insert into consumer_aggregate_versions (consumer, aggregate_id, version)
+          select ${durable}, a, v from unnest(${aggregates}::text[], ${aggregates.map((a) => highest.get(a)!)}::bigint[]) as t(a, v)
+          on conflict do nothing returning aggregate_id`,
+        aggregates.length === 0
+          ? []
+          : tx<{ aggregate_id: string; version: string }[]>`
+          select aggregate_id, version from consumer_aggregate_versions
+          where consumer = ${durable} and aggregate_id = any(${aggregates}::text[])
+          order by aggregate_id for update`,
+      ]);
+      const freshIds = new Set(fresh.map((row) => row.id));
+      const createdHere = new Set(created.map((row) => row.aggregate_id));
+      const stored = new Map(locked.map((row) => [row.aggregate_id, Number(row.version)]));
+      // The version each aggregate has reached, as the batch goes; none yet for a new one.
+      const reached = new Map<string, number>();
+      for (const key of aggregates) if (!createdHere.has(key)) reached.set(key, stored.get(key)!);
+      const applied: ConsumedEvent<T>[] = [];
+      events.forEach((event, i) => {
+        if (outcomes[i] === "duplicate") return;
+        if (!freshIds.has(event.eventId.toLowerCase())) {
+          outcomes[i] = "duplicate";
+          return;
+        }
+        if (skipStale && event.aggregateId !== null && event.aggregateVersion !== null) {
+          const last = reached.get(event.aggregateId);
+          if (last !== undefined && event.aggregateVersion <= last) {
+            outcomes[i] = "stale";
+            return;
+          }
+          reached.set(event.aggregateId, event.aggregateVersion);
+        }
+        applied.push(event);
+      });
+      const raised = aggregates.filter((key) => !createdHere.has(key) && reached.get(key)! > stored.get(key)!);
+      // Sent ahead of the handler's statements (pipelined); awaited after them.
+      const versionsRaised =
+        raised.length === 0
+          ? undefined
+          : tx`
+          update consumer_aggregate_versions as v set version = u.version, updated_at = now()
+          from unnest(${raised}::text[], ${raised.map((key) => reached.get(key)!)}::bigint[]) as u(aggregate_id, version)
+          where v.consumer = ${durable} and v.aggregate_id = u.aggregate_id`;
+      versionsRaised?.catch(() => {});
+      const result = applied.length > 0 ? await batchHandler!(tx, applied) : undefined;
+      await versionsRaised;
+      return { outcomes, applied, result };
+    })) as BatchDecision;
   }
 
   async function pruneConsumed(): Promise<void> {
@@ -386,10 +675,14 @@ export async function startConsumer<T = Record<string, unknown>>(options: Consum
       try {
         const consumer = await js.consumers.get(stream, name);
         // A deleted consumer (or stream) ends the iteration, so the loop below recreates it.
-        messages = await consumer.consume({ max_messages: concurrency, expires: 30_000, abort_on_missing_resource: true });
+        messages = await consumer.consume({ max_messages: batchHandler ? queueLimit : concurrency, expires: 30_000, abort_on_missing_resource: true });
         if (stopping) messages.stop();
         for await (const msg of messages) {
           failures = 0;
+          if (batchHandler) {
+            await admit(msg);
+            continue;
+          }
           await slots.acquire();
           if (stopping) {
             slots.release();
@@ -425,8 +718,13 @@ export async function startConsumer<T = Record<string, unknown>>(options: Consum
       clearTimeout(firstPrune);
       clearInterval(pruning);
       messages?.stop();
+      for (const wake of roomWaiters.splice(0)) wake();
       await running;
-      await Promise.all(inFlight);
+      // Batch mode decides the events it already fetched: they are ours until acked, and handing
+      // them back would only send them round again (possibly to this consumer's expiring pull).
+      if (waiting.length > 0) pump();
+      while (inFlight.size > 0) await Promise.all(inFlight);
+      clearInterval(batchHeartbeat);
     },
   };
 }

@@ -24,6 +24,7 @@ export {
   parseEvent,
   PoisonEventError,
   startConsumer,
+  type BatchEventHandler,
   type ConsumedEvent,
   type ConsumeOutcome,
   type ConsumerOptions,

@@ -4,9 +4,10 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
 import type { Subprocess } from "bun";
 import { createSql, migrate, PLATFORM_MIGRATIONS, type Sql } from "../../src/db.ts";
-import { deleteStreams, provisionStreams, streamName, type StreamLimits, type StreamName } from "../../src/events/index.ts";
+import { consumerName, deleteStreams, enqueueMany, provisionStreams, startRelay, streamName, type Relay, type StreamLimits, type StreamName } from "../../src/events/index.ts";
 import { createLogger, type Logger } from "../../src/logger.ts";
 import { createTestDatabase, TEST_NATS_URL, testNatsPrefix, type TestDatabase } from "../../src/testing/harness.ts";
+import { expect } from "bun:test";
 
 /** Small limits: the server reserves max_bytes up front, and other test runs share it. */
 export const TEST_STREAM_LIMITS: Partial<StreamLimits> = { maxBytes: 32 * 1024 * 1024, maxAgeMs: 60 * 60 * 1000 };
@@ -204,4 +205,47 @@ export async function startNatsProxy(target = new URL(TEST_NATS_URL)): Promise<S
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+/**
+ * Writes `total` seat changes over `aggregates` monitors through the outbox (100 per transaction,
+ * versions rising per monitor), starts the relay and waits until all are in SEATS. The caller stops the relay.
+ */
+export async function relaySeatChanges(env: EventsTestEnv, service: string, total: number, aggregates: number): Promise<Relay> {
+  const relay = await startRelay({ sql: env.sql, natsServers: [TEST_NATS_URL], service, prefix: env.prefix, logger: env.logger });
+  for (let batch = 0; batch < total / 100; batch++) {
+    await env.sql.begin((tx) =>
+      enqueueMany(
+        tx,
+        Array.from({ length: 100 }, (_, i) => {
+          const monitor = `m${i % aggregates}`;
+          const version = batch * (100 / aggregates) + Math.floor(i / aggregates) + 1;
+          return { subject: `seats.changed.${monitor}`, type: "coursemesh.events.v1.SeatsChanged", aggregateId: monitor, aggregateVersion: version, payload: { monitorId: monitor } };
+        }),
+      ),
+    );
+  }
+  await waitUntil(async () => (await env.jsm.streams.info(streamName(env.prefix, "SEATS"))).state.messages, (n) => n === total, 15_000, "all events in the stream");
+  return relay;
+}
+
+/** Waits until the durable consumer of SEATS has acked everything. */
+export async function waitForDrained(env: EventsTestEnv, durable: string, timeoutMs = 30_000): Promise<void> {
+  await waitUntil(
+    () => env.jsm.consumers.info(streamName(env.prefix, "SEATS"), consumerName(env.prefix, durable)),
+    (info) => info.num_pending === 0 && info.num_ack_pending === 0,
+    timeoutMs,
+    `${durable} to ack everything`,
+  );
+}
+
+/** The consumer fixture's `applied` table holds each of `total` events exactly once, every version of every aggregate. */
+export async function expectEachAppliedOnce(env: EventsTestEnv, durable: string, total: number, aggregates: number): Promise<void> {
+  const [totals] = await env.sql`select count(*)::int as rows, count(distinct event_id)::int as events from applied`;
+  expect(totals).toEqual({ rows: total, events: total });
+  const [dedupe] = await env.sql`select count(*)::int as n from consumed_events where consumer = ${durable}`;
+  expect(dedupe!.n).toBe(total);
+  const perAggregate = await env.sql`select aggregate_id, count(distinct version)::int as versions from applied group by aggregate_id`;
+  expect(perAggregate).toHaveLength(aggregates);
+  for (const row of perAggregate) expect(row.versions).toBe(total / aggregates);
 }
