@@ -2,9 +2,8 @@
  * The allocator process: accepts enrollment requests, decides them in fair batches and answers for
  * any request from any replica. Wiring only; the work is in the modules it names.
  */
-import { jetstreamManager } from "@nats-io/jetstream";
 import { required } from "@coursemesh/shared/config.ts";
-import { provisionStreams, startRelay } from "@coursemesh/shared/events/index.ts";
+import { startServiceEvents } from "@coursemesh/shared/events/wiring.ts";
 import { runService } from "@coursemesh/shared/service.ts";
 import { Allocator } from "./allocate.ts";
 import { ChangeFeed, RequestReader } from "./changes.ts";
@@ -17,9 +16,7 @@ await runService({
   service: "allocator",
   migrationsDir: new URL("../migrations", import.meta.url).pathname,
   async setup({ config, logger, sql, nats, shutdown }) {
-    const prefix = config.NATS_PREFIX ?? "";
-    await provisionStreams(await jetstreamManager(nats), prefix, ["ENROLLMENT"]);
-    const relay = await startRelay({ sql, natsServers: required(config, "NATS_URL"), service: "allocator", prefix, logger });
+    const relay = await startServiceEvents({ config, sql, nats, logger, service: "allocator", streams: ["ENROLLMENT"] });
 
     const feed = new ChangeFeed(sql, logger);
     const reader = new RequestReader(sql);

@@ -1,8 +1,8 @@
 /**
  * The ingest process: course PDFs to course outlines, in the background. Wiring only.
  */
-import { jetstreamManager } from "@nats-io/jetstream";
-import { provisionStreams, startConsumer, startRelay } from "@coursemesh/shared/events/index.ts";
+import { startConsumer } from "@coursemesh/shared/events/index.ts";
+import { startServiceEvents } from "@coursemesh/shared/events/wiring.ts";
 import { runService } from "@coursemesh/shared/service.ts";
 import { openDocumentStore } from "./document-store.ts";
 import { createExtractPool } from "./extract-pool.ts";
@@ -19,22 +19,20 @@ await runService({
   migrationsDir: new URL("../migrations", import.meta.url).pathname,
   async setup({ config, logger, sql, nats, authenticator, shutdown }) {
     const prefix = config.NATS_PREFIX ?? "";
-    await provisionStreams(await jetstreamManager(nats), prefix, ["INGEST", "WORK", "DLQ"], { replicas: config.EVENTS_STREAM_REPLICAS });
     const documents = await openDocumentStore(nats, prefix, config.INGEST_DOCUMENTS_MAX_BYTES!);
     const changes = await listenForJobChanges(sql, logger);
     const limits = { maxBytes: config.INGEST_MAX_BYTES!, maxQueued: config.INGEST_MAX_QUEUED! };
 
     const pool = createExtractPool(config.INGEST_CONCURRENCY!, config.INGEST_WORKER_NICE!);
     pool.warm();
-    const relay = await startRelay({
+    const relay = await startServiceEvents({
+      config,
       sql,
-      natsServers: config.NATS_URL!,
-      service: "ingest",
-      prefix,
+      nats,
       logger,
-      pollIntervalMs: config.OUTBOX_RELAY_POLL_INTERVAL_MS,
-      standbyRetryMs: config.OUTBOX_RELAY_STANDBY_RETRY_MS,
-      maxInFlight: config.OUTBOX_RELAY_MAX_IN_FLIGHT,
+      service: "ingest",
+      streams: ["INGEST", "WORK", "DLQ"],
+      consumers: [{ stream: "WORK", durable: "ingest-workers" }],
     });
     const backoff = config.INGEST_RETRY_BACKOFF_MS!;
     const retryDelaysMs = [backoff, backoff * 5, backoff * 25];

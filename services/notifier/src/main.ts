@@ -1,8 +1,8 @@
 /** The notifier process: events → deliveries → email and webhooks, plus the NotificationService API. */
-import { jetstreamManager } from "@nats-io/jetstream";
 import { Notification } from "@coursemesh/proto/coursemesh/notifier/v1/notifier";
 import { required } from "@coursemesh/shared/config";
-import { enqueue, provisionStreams, startConsumer, startRelay, type RunningConsumer, type StreamName } from "@coursemesh/shared/events/index";
+import { enqueue, startConsumer, type RunningConsumer, type StreamName } from "@coursemesh/shared/events/index";
+import { startServiceEvents } from "@coursemesh/shared/events/wiring.ts";
 import { runService } from "@coursemesh/shared/service";
 import { fanOut } from "./fanout.ts";
 import { notificationService, toNotification } from "./grpc.ts";
@@ -29,8 +29,6 @@ await runService({
     const guard = { allowPrivate: required(config, "NOTIFIER_ALLOW_PRIVATE_HOSTS") };
     if (guard.allowPrivate) logger.warn("NOTIFIER_ALLOW_PRIVATE_HOSTS=true: webhooks may reach private and loopback addresses");
     const publicUrl = required(config, "NOTIFIER_PUBLIC_URL");
-
-    await provisionStreams(await jetstreamManager(nats), prefix, ["SEATS", "ENROLLMENT", "INGEST", "DLQ"], { replicas: config.EVENTS_STREAM_REPLICAS });
 
     const email = createSmtpTransport({
       url: required(config, "NOTIFIER_SMTP_URL"),
@@ -65,15 +63,14 @@ await runService({
         });
       },
     });
-    const relay = await startRelay({
+    const relay = await startServiceEvents({
+      config,
       sql,
-      natsServers: required(config, "NATS_URL"),
-      service: "notifier",
-      prefix,
+      nats,
       logger,
-      pollIntervalMs: config.OUTBOX_RELAY_POLL_INTERVAL_MS,
-      standbyRetryMs: config.OUTBOX_RELAY_STANDBY_RETRY_MS,
-      maxInFlight: config.OUTBOX_RELAY_MAX_IN_FLIGHT,
+      service: "notifier",
+      streams: ["SEATS", "ENROLLMENT", "INGEST", "DLQ"],
+      consumers: CONSUMED.map(({ stream, durable }) => ({ stream, durable })),
     });
 
     const fanOutSettings = { publicUrl, coalesceMs: required(config, "NOTIFIER_COALESCE_SECONDS") * 1000 };

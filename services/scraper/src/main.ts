@@ -4,9 +4,8 @@
  * relay for SEATS events, and MonitorService.
  */
 import { hostname } from "node:os";
-import { jetstreamManager } from "@nats-io/jetstream";
 import { required } from "@coursemesh/shared/config.ts";
-import { provisionStreams, startRelay } from "@coursemesh/shared/events/index.ts";
+import { startServiceEvents } from "@coursemesh/shared/events/wiring.ts";
 import { runService } from "@coursemesh/shared/service.ts";
 import { BrowserPool, findChromium } from "./browser.ts";
 import { createChecker } from "./check.ts";
@@ -23,8 +22,7 @@ await runService({
   migrationsDir: new URL("../migrations", import.meta.url).pathname,
   async setup({ config, logger, sql, nats, shutdown }) {
     const prefix = config.NATS_PREFIX ?? "";
-    await provisionStreams(await jetstreamManager(nats), prefix, ["SEATS"]);
-    const relay = await startRelay({ sql, natsServers: required(config, "NATS_URL"), service: "scraper", prefix, logger });
+    const relay = await startServiceEvents({ config, sql, nats, logger, service: "scraper", streams: ["SEATS"] });
 
     const policy: GuardPolicy = {
       allowPrivate: required(config, "SCRAPER_ALLOW_PRIVATE_HOSTS"),
