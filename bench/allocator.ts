@@ -13,6 +13,7 @@
  * BENCH_SERVICE_LOG_LEVEL=debug prints the allocator's last log lines (one per batch) to stderr.
  */
 import http2 from "node:http2";
+import { readFileSync } from "node:fs";
 import { availableParallelism, loadavg } from "node:os";
 import * as grpc from "@grpc/grpc-js";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -164,6 +165,43 @@ async function decisionStats(sql: Sql, courseIds: string[]) {
   return { decided: row!.n as number, decidedPerSecond: row!.n / row!.span_s, p50: row!.p50_ms as number, p99: row!.p99_ms as number };
 }
 
+/** Seconds of CPU (user + system) a process has used, from /proc; 0 once it is gone. */
+function processCpuSeconds(pid: number): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+type CpuSample = Map<string, number>;
+
+/** CPU used so far by the allocator, this load generator and the bench database's Postgres backends. */
+async function cpuSample(admin: Sql, database: string, servicePid: number): Promise<CpuSample> {
+  const sample: CpuSample = new Map();
+  sample.set("allocator", processCpuSeconds(servicePid));
+  const own = process.cpuUsage();
+  sample.set("load_generator", (own.user + own.system) / 1e6);
+  for (const row of await admin`select pid from pg_stat_activity where datname = ${database}`) sample.set(`postgres:${row.pid}`, processCpuSeconds(row.pid));
+  return sample;
+}
+
+/**
+ * CPU per unit of work between two samples, in microseconds: how much of the two cores each part
+ * needs, whatever else the machine was doing (other work slows the wall clock, not these).
+ */
+function cpuPer(before: CpuSample, after: CpuSample, units: number) {
+  const spent = { allocator: 0, postgres: 0, load_generator: 0 };
+  for (const [key, value] of after) {
+    const delta = value - (before.get(key) ?? 0);
+    if (key.startsWith("postgres:")) spent.postgres += Math.max(0, delta);
+    else spent[key as "allocator" | "load_generator"] += delta;
+  }
+  const us = (seconds: number) => round((seconds / units) * 1e6, 0);
+  return { allocator: us(spent.allocator), postgres: us(spent.postgres), load_generator: us(spent.load_generator) };
+}
+
 async function vacuum(sql: Sql): Promise<void> {
   await sql`vacuum analyze allocator.requests`;
   await sql`vacuum analyze allocator.courses`;
@@ -253,18 +291,21 @@ async function main() {
     let api = connectApi(service.grpcAddress, token);
 
     /** Load on one fresh course, then its decisions' statistics once every request is decided. */
-    const onOneCourse = async <T>(code: string, load: (courseId: string) => Promise<T>) => {
+    const onOneCourse = async <T>(code: string, requests: number, load: (courseId: string) => Promise<T>) => {
       await untilOutboxEmpty(admin);
       const courseId = await api.createCourse(code, CAPACITY);
+      const before = await cpuSample(admin, db.name, service!.process.pid);
       const measured = await load(courseId);
       await waitUntilAllDecided(admin, 120_000);
-      return { measured, decisions: await decisionStats(admin, [courseId]) };
+      await untilOutboxEmpty(admin);
+      const cpu = cpuPer(before, await cpuSample(admin, db.name, service!.process.pid), requests);
+      return { measured, cpu, decisions: await decisionStats(admin, [courseId]) };
     };
     // (a) one course, a stampede from 200 callers; then a steady 2,000 calls/s.
-    const { measured: stampede, decisions: stampedeDecisions } = await onOneCourse("BENCH A", (courseId) =>
+    const { measured: stampede, cpu: stampedeCpu, decisions: stampedeDecisions } = await onOneCourse("BENCH A", SIZES.stampede, (courseId) =>
       closedLoop(SIZES.stampede, SIZES.callers, (i) => api.enroll({ idempotencyKey: `a-${i}`, studentId: `a-${i}`, courseId })),
     );
-    const { measured: steady, decisions: steadyDecisions } = await onOneCourse("BENCH A2", (courseId) =>
+    const { measured: steady, decisions: steadyDecisions } = await onOneCourse("BENCH A2", SIZES.steadyRate * SIZES.steadySeconds, (courseId) =>
       openLoop(SIZES.steadyRate, SIZES.steadySeconds, (i) => api.enroll({ idempotencyKey: `s-${i}`, studentId: `s-${i}`, courseId })),
     );
 
@@ -272,10 +313,13 @@ async function main() {
     await untilOutboxEmpty(admin);
     const courses: string[] = [];
     for (let i = 0; i < SIZES.courses; i++) courses.push(await api.createCourse(`BENCH C${i}`, CAPACITY));
+    const spreadBefore = await cpuSample(admin, db.name, service.process.pid);
     const spread = await closedLoop(SIZES.spread, SIZES.callers, (i) =>
       api.enroll({ idempotencyKey: `c-${i}`, studentId: `c-${Math.floor(i / SIZES.courses)}`, courseId: courses[i % SIZES.courses]! }),
     );
     await waitUntilAllDecided(admin, 300_000);
+    await untilOutboxEmpty(admin);
+    const spreadCpu = cpuPer(spreadBefore, await cpuSample(admin, db.name, service.process.pid), SIZES.spread);
     const spreadDecisions = await decisionStats(admin, courses);
 
     // (b) and (d): the same 20,000 pending requests twice, accepted while allocation is paused.
@@ -292,17 +336,22 @@ async function main() {
     await untilOutboxEmpty(admin);
     await vacuum(admin);
     const pool = createSql({ url: db.url, schema: "allocator", max: SIZES.baselinePool });
+    const baseBefore = await cpuSample(admin, db.name, service.process.pid);
     const base = await baseline(pool, baselineCourse, SIZES.baselinePool);
+    await untilOutboxEmpty(admin);
+    const baseCpu = cpuPer(baseBefore, await cpuSample(admin, db.name, service.process.pid), base.decided);
     await pool.end();
 
     await untilOutboxEmpty(admin);
     await vacuum(admin);
+    const releaseBefore = await cpuSample(admin, db.name, service.process.pid);
     const released = performance.now();
     service.process.kill("SIGUSR2");
     const drained = await untilNoPending(admin, releasedCourse);
     const releaseSeconds = (drained - released) / 1000;
     // The relay publishes the batch's events to JetStream while and after it is decided.
     const published = await untilOutboxEmpty(admin);
+    const releaseCpu = cpuPer(releaseBefore, await cpuSample(admin, db.name, service.process.pid), SIZES.decisions);
     const releasedDecisions = await decisionStats(admin, [releasedCourse]);
     api.close();
 
@@ -320,6 +369,7 @@ async function main() {
         decided_per_s: round(stampedeDecisions.decidedPerSecond, 0),
         accept_latency_ms: { p50: round(percentile(stampede.latencies, 50), 2), p99: round(percentile(stampede.latencies, 99), 2) },
         accept_to_decision_ms: { p50: round(stampedeDecisions.p50, 2), p99: round(stampedeDecisions.p99, 2) },
+        cpu_us_per_request_incl_decision_and_publish: stampedeCpu,
       },
       a_steady_2000_per_s: {
         offered_per_s: SIZES.steadyRate,
@@ -333,6 +383,7 @@ async function main() {
         seconds: round(releaseSeconds, 3),
         decided: releasedDecisions.decided,
         events_published_to_jetstream_within_s: round((published - released) / 1000, 3),
+        cpu_us_per_decision_incl_publish: releaseCpu,
       },
       c_many_courses: {
         courses: SIZES.courses,
@@ -341,12 +392,14 @@ async function main() {
         decided_per_s: round(spreadDecisions.decidedPerSecond, 0),
         accept_latency_ms: { p50: round(percentile(spread.latencies, 50), 2), p99: round(percentile(spread.latencies, 99), 2) },
         accept_to_decision_ms: { p50: round(spreadDecisions.p50, 2), p99: round(spreadDecisions.p99, 2) },
+        cpu_us_per_request_incl_decision_and_publish: spreadCpu,
       },
       d_baseline_select_for_update: {
         requests: base.decided,
         concurrency: SIZES.baselinePool,
         decided_per_s: round(base.decided / base.seconds, 0),
         seconds: round(base.seconds, 3),
+        cpu_us_per_decision_incl_publish: baseCpu,
       },
       ratios: {
         b_decisions_vs_baseline: round(SIZES.decisions / releaseSeconds / (base.decided / base.seconds), 1),

@@ -16,7 +16,10 @@ await runService({
   service: "allocator",
   migrationsDir: new URL("../migrations", import.meta.url).pathname,
   async setup({ config, logger, sql, nats, shutdown }) {
-    const relay = await startServiceEvents({ config, sql, nats, logger, service: "allocator", streams: ["ENROLLMENT"] });
+    // The relay publishes each read's rows in one go on the process's only JavaScript thread, which
+    // also serves Enroll and runs the deciders: small reads keep those stalls to a few milliseconds
+    // (at the default 500, the backlog after a big batch held Enroll calls up by tens of ms).
+    const relay = await startServiceEvents({ config, sql, nats, logger, service: "allocator", streams: ["ENROLLMENT"], relay: { batchSize: Number(process.env.RB ?? 500) } });
 
     const feed = new ChangeFeed(sql, logger);
     const reader = new RequestReader(sql);
