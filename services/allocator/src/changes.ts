@@ -9,8 +9,12 @@ import type { Sql } from "@coursemesh/shared/db.ts";
 import { selectRequestsByIds, type RequestRecord } from "./store.ts";
 
 const CHANNEL = "coursemesh_allocator_changes";
-/** Coalesces the NOTIFYs of a burst of commits into one. */
-const NOTIFY_DEBOUNCE_MS = 5;
+/**
+ * Coalesces the NOTIFYs of a burst of commits into one: at most 50 a second from a busy replica. Only
+ * other replicas wait for them (this one tells its own waiters at once), and a worker that finds a
+ * course locked retries it by itself, so 20 ms is latency for cross-replica watchers only.
+ */
+const NOTIFY_DEBOUNCE_MS = 20;
 /** NOTIFY payloads are limited to 8000 bytes; a UUID and its comma take 37. */
 const COURSES_PER_NOTIFY = 150;
 
