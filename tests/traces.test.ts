@@ -355,6 +355,28 @@ describe("one trace per story", () => {
   }, 60_000);
 });
 
+describe("metrics", () => {
+  test("every /metrics has the gRPC, outbox and consumer series, and each service its own", async () => {
+    const wanted: Record<string, string[]> = {
+      scraper: ["coursemesh_scraper_browser_contexts", 'coursemesh_scraper_monitors{mode="ACTIVE",health="HEALTHY",service="scraper"} 1'],
+      allocator: ["coursemesh_queue_depth"],
+      notifier: [
+        'notifier_notifications_total{channel="EMAIL",status="SENT",service="notifier"}',
+        `coursemesh_consumer_pending{consumer="${prefix}_notifier-seats",state="undelivered",service="notifier"} 0`,
+        `coursemesh_consumer_redelivered{consumer="${prefix}_notifier-enrollment",service="notifier"} 0`,
+      ],
+      ingest: ["ingest_jobs_live", 'coursemesh_ingest_jobs{status="COMPLETED",service="ingest"} 1', `coursemesh_consumer_pending{consumer="${prefix}_ingest-workers",state="unacked",service="ingest"} 0`],
+    };
+    const missing: string[] = [];
+    for (const [service, series] of Object.entries(wanted)) {
+      const text = await (await fetch(`${services[service]!.httpUrl}/metrics`)).text();
+      const everywhere = ["grpc_server_handled_total", "grpc_server_handling_seconds_bucket", `coursemesh_outbox_backlog{service="${service}"} 0`, `coursemesh_outbox_relay_lag_seconds{service="${service}"} 0`];
+      for (const line of [...everywhere, ...series]) if (!text.includes(line)) missing.push(`${service}: ${line}`);
+    }
+    expect(missing).toEqual([]);
+  });
+});
+
 describe("span conventions", () => {
   test("every span is named <service>.<operation> by the service that made it; failed spans carry an error status", () => {
     const spans = otlp.spans();
