@@ -180,10 +180,13 @@ export class Allocator {
     const result = await transaction(sql, "allocator.allocate_batch", async (tx) => {
       const span = trace.getActiveSpan();
       const recording = span?.isRecording() ?? false;
-      const locked = await lockCourses(tx, courseIds);
-      if (locked.length === 0) return { locked, requests: [] as DecidedRequest[] };
       const { traceparent = null, tracestate = null } = injectTraceContext({});
-      const batch = await decideBatch(tx, locked, { limit: batchSize, holdMs, withTraceparents: recording, traceparent, tracestate });
+      // Sent together: the decision runs after the locks (its snapshot sees every earlier decision)
+      // and decides only the courses they got, without a round trip in between.
+      const [locked, batch] = await Promise.all([
+        lockCourses(tx, courseIds),
+        decideBatch(tx, courseIds, { limit: batchSize, holdMs, withTraceparents: recording, traceparent, tracestate }),
+      ]);
       if (recording) {
         span!.setAttribute("coursemesh.allocator.courses", locked.length);
         span!.setAttribute("coursemesh.allocator.batch_size", batch.requests.length);

@@ -369,18 +369,27 @@ export interface DecideOptions {
   tracestate: string | null;
 }
 
-/** Locks the course rows of a batch that no other transaction holds (`lockCourse`'s lock, skipping); returns the ids it locked. */
+/** Where `lockCourses` leaves the ids it locked for the rest of its transaction (`decideBatch` reads it). */
+const LOCKED_SETTING = "coursemesh.allocator_locked_courses";
+
+/**
+ * Locks the course rows of a batch that no other transaction holds (`lockCourse`'s lock, skipping
+ * the held ones); returns the ids it locked and also leaves them in a transaction-local setting, so
+ * the decision statement can be sent right behind this one without waiting for the answer.
+ */
 export async function lockCourses(tx: Tx, ids: readonly string[]): Promise<string[]> {
-  const rows = await tx`
-    select id from courses where id = any(${ids as string[]}::uuid[]) order by id for no key update skip locked`;
-  return rows.map((row) => row.id as string);
+  const [row] = await tx`
+    select set_config(${LOCKED_SETTING}, coalesce(string_agg(l.id::text, ','), ''), true) as locked
+    from (select id from courses where id = any(${ids as string[]}::uuid[]) order by id for no key update skip locked) l`;
+  const locked = row!.locked as string;
+  return locked === "" ? [] : locked.split(",");
 }
 
 const EVENT_DECIDED = "coursemesh.events.v1.EnrollmentDecided";
 
 /**
- * Decides up to `limit` pending requests of each course in `courseIds`, whose locks the caller
- * holds, with one statement. Per course: requests are taken in score order among those eligible
+ * Decides up to `limit` pending requests of each course in `courseIds` that `lockCourses` locked
+ * earlier in the same transaction (the others are left alone), with one statement. Per course: requests are taken in score order among those eligible
  * (score at least ALLOCATOR_HOLD_MS old); a student's first request competes for a seat, later
  * ones (and any whose student already holds or waits for a seat) are REJECTED; contenders get the
  * free seats in score order, the rest are WAITLISTED; the course's counters and version move by
@@ -406,7 +415,9 @@ export async function decideBatch(tx: Tx, courseIds: readonly string[], options:
     course as materialized (
       select c.id, c.capacity, c.seats_taken, c.waitlist_length, c.version, c.capacity - c.seats_taken as free_seats,
         to_json(c.code)::text as code_json, to_json(c.title)::text as title_json
-      from courses c where c.id = any(${courseIds as string[]}::uuid[])
+      from courses c
+      where c.id = any(${courseIds as string[]}::uuid[])
+        and c.id = any(string_to_array(nullif(current_setting(${LOCKED_SETTING}, true), ''), ',')::uuid[])
     ),
     batch as (
       select b.* from course c
