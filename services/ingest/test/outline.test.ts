@@ -164,7 +164,7 @@ describe("progress and cancellation", () => {
     const abortedAt = performance.now();
     controller.abort(new Error("cancelled by the test"));
     await expect(running).rejects.toThrow("cancelled by the test");
-    expect(performance.now() - abortedAt).toBeLessThan(100);
+    expect(performance.now() - abortedAt).toBeLessThan(250);
     const { bytes: small } = await coursePdf({ bookmarks: true });
     expect((await extract(small)).outline.modules.length).toBe(4);
   });

@@ -72,9 +72,15 @@ describe("restarts lose nothing", () => {
     const { job } = await upload(client, { token: alice, courseTitle: "Stopped midway", files: [{ filename: "long.pdf", bytes: slowPdf }] });
     // Early in the text pass: the bold-headings pass alone outlasts the 1 s grace.
     await waitForJob(client, job!.id, alice, isProcessing);
+    const watching = watchJob(client, job!.id, alice);
+    await Bun.sleep(200);
     const stoppingAt = performance.now();
     expect(await service.stop()).toBe(0);
     expect(performance.now() - stoppingAt).toBeLessThan(9000);
+    // A watcher is told to watch again elsewhere rather than left hanging.
+    const watched = await watching;
+    expect(watched.error).toMatchObject({ code: 14 });
+    expect(watched.error!.message).toContain("call WatchJob again");
     // While no process runs: back in the queue, with the attempt given back.
     const db = postgres(world.db.url, { max: 1, onnotice: () => {} });
     const [row] = await db`select status, attempts, message, lease_owner from ingest.jobs where id = ${job!.id}`;
