@@ -172,21 +172,25 @@ export interface NewJob {
  * owner's idempotency key is already taken, so a concurrent twin of the upload loses cleanly.
  */
 export async function insertJob(tx: Tx, job: NewJob): Promise<JobDetail | undefined> {
+  // One statement (one round trip on the upload's path): the documents go in only if the job did.
   const [row] = await tx`
-    insert into jobs (id, owner, course_title, idempotency_key, fingerprint, status, message, traceparent)
-    values (${job.id}, ${job.owner}, ${job.courseTitle}, ${job.idempotencyKey}, ${job.fingerprint}, 'PENDING', 'queued', ${job.traceparent})
-    on conflict (owner, idempotency_key) where idempotency_key <> '' do nothing
-    returning *, null as course_id`;
+    with job as (
+      insert into jobs (id, owner, course_title, idempotency_key, fingerprint, status, message, traceparent)
+      values (${job.id}, ${job.owner}, ${job.courseTitle}, ${job.idempotencyKey}, ${job.fingerprint}, 'PENDING', 'queued', ${job.traceparent})
+      on conflict (owner, idempotency_key) where idempotency_key <> '' do nothing
+      returning *
+    ), docs as (
+      insert into documents (job_id, position, filename, content_type, size_bytes, sha256)
+      select job.id, d.position - 1, d.filename, d.content_type, d.size_bytes, d.sha256
+      from job, unnest(
+        ${job.documents.map((d) => d.filename)}::text[],
+        ${job.documents.map((d) => d.contentType)}::text[],
+        ${job.documents.map((d) => d.sizeBytes)}::bigint[],
+        ${job.documents.map((d) => d.sha256)}::text[]
+      ) with ordinality as d(filename, content_type, size_bytes, sha256, position)
+    )
+    select *, null as course_id from job`;
   if (!row) return undefined;
-  await tx`
-    insert into documents (job_id, position, filename, content_type, size_bytes, sha256)
-    select ${job.id}, d.position - 1, d.filename, d.content_type, d.size_bytes, d.sha256
-    from unnest(
-      ${job.documents.map((d) => d.filename)}::text[],
-      ${job.documents.map((d) => d.contentType)}::text[],
-      ${job.documents.map((d) => d.sizeBytes)}::bigint[],
-      ${job.documents.map((d) => d.sha256)}::text[]
-    ) with ordinality as d(filename, content_type, size_bytes, sha256, position)`;
   return {
     ...toJob(row),
     documents: job.documents.map((d, position) => ({ ...d, position, pageCount: null })),
