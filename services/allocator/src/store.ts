@@ -419,8 +419,16 @@ export async function decideBatch(tx: Tx, courseIds: readonly string[], options:
       where c.id = any(${courseIds as string[]}::uuid[])
         and c.id = any(string_to_array(nullif(current_setting(${LOCKED_SETTING}, true), ''), ',')::uuid[])
     ),
+    -- Each course's facts as parallel arrays: looked up by position later instead of joined, since a
+      -- join's plan would depend on the planner's guess of the batch's size.
+    facts as materialized (
+      select array_agg(c.id) as ids, array_agg(c.code_json) as codes, array_agg(c.title_json) as titles,
+        array_agg(c.capacity) as capacities, array_agg(c.seats_taken) as seats, array_agg(c.waitlist_length) as waitlists,
+        array_agg(c.version) as versions
+      from course c
+    ),
     batch as (
-      select b.* from course c
+      select b.*, c.free_seats from course c
       cross join lateral (
         select r.ctid as row_ref, r.id, r.course_id, r.student_id, r.score
         from requests r
@@ -441,8 +449,7 @@ export async function decideBatch(tx: Tx, courseIds: readonly string[], options:
     ),
     ranked as (
       select f.*, (f.nth_of_student = 1 and f.live_status is null) as contends,
-        count(*) filter (where f.nth_of_student = 1 and f.live_status is null) over (partition by f.course_id order by f.score, f.id) as seat_rank,
-        (select c.free_seats from course c where c.id = f.course_id) as free_seats
+        count(*) filter (where f.nth_of_student = 1 and f.live_status is null) over (partition by f.course_id order by f.score, f.id) as seat_rank
       from flagged f
     ),
     decided as materialized (
@@ -536,23 +543,21 @@ export async function decideBatch(tx: Tx, courseIds: readonly string[], options:
         -- Concatenated, then parsed once: cheaper than jsonb_build_object for thousands of rows.
         -- Strings that could need escaping go through JSON encoding (to_json).
         ('{"eventId":"' || e.event_id || '","occurredAt":"' || k.occurred_at || '","courseId":"' || e.course_id
-          || '","aggregateVersion":' || e.version || ',"courseCode":' || c.code_json || ',"courseTitle":' || c.title_json
+          || '","aggregateVersion":' || e.version || ',"courseCode":' || f.codes[e.ci] || ',"courseTitle":' || f.titles[e.ci]
           || ',"requestId":"' || e.id || '","studentId":' || to_json(e.student_id)::text
           || ',"status":"ENROLLMENT_STATUS_' || e.status || '"'
           || case when e.reason <> '' then ',"reason":"' || e.reason || '"' else '' end
-          || case when e.waitlist_rank is not null then ',"waitlistPosition":' || (c.waitlist_length + e.waitlist_rank) else '' end
-          || ',"seatsTaken":' || (c.seats_taken + e.enrolled_so_far) || ',"capacity":' || c.capacity || '}')::jsonb,
+          || case when e.waitlist_rank is not null then ',"waitlistPosition":' || (f.waitlists[e.ci] + e.waitlist_rank) else '' end
+          || ',"seatsTaken":' || (f.seats[e.ci] + e.enrolled_so_far) || ',"capacity":' || f.capacities[e.ci] || '}')::jsonb,
         ${options.traceparent}::text, ${options.tracestate}::text
       from (
         -- UUIDv7: the batch's millisecond, version 7, then random bits (dedupe keys, not secrets).
-        select p.*, (select c.version from course c where c.id = p.course_id) + p.n as version,
+        select p.*, i.ci, f.versions[i.ci] + p.n as version,
           (k.id_time || '7' || lpad(to_hex((random() * 4095)::int), 3, '0') || to_hex(8 + (random() * 3)::int)
             || lpad(to_hex((random() * 1073741823)::bigint), 8, '0') || lpad(to_hex((random() * 268435455)::bigint), 7, '0'))::uuid as event_id
-        from positioned p, clock k
+        from positioned p, facts f, clock k, lateral (select array_position(f.ids, p.course_id) as ci) i
         where not p.is_earlier
-      ) e
-      join course c on c.id = e.course_id
-      cross join clock k
+      ) e, facts f, clock k
       order by e.course_id, e.n
     ),
     counters as (
