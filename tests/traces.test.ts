@@ -378,7 +378,21 @@ describe("metrics", () => {
 });
 
 describe("span conventions", () => {
-  test("every span is named <service>.<operation> by the service that made it; failed spans carry an error status", () => {
+  test("every span is named <service>.<operation> by the service that made it; failed spans carry an error status", async () => {
+    // A call that fails: its server span says so, with the ErrorInfo reason as error.type.
+    const client = new EnrollmentServiceClient(services.allocator!.grpcAddress, grpc.credentials.createInsecure());
+    const missing = crypto.randomUUID();
+    await unary(client.enroll.bind(client), EnrollRequest.fromPartial({ idempotencyKey: crypto.randomUUID(), studentId: "sam", courseId: missing }), {
+      token: await testToken("sam", ["student"], "sam@example.edu"),
+    }).catch(() => {});
+    client.close();
+    const failed = await eventually(
+      () => otlp.spans().find((s) => s.name === "allocator.Enroll" && s.attributes["coursemesh.allocator.course_id"] === missing),
+      10_000,
+      "the failed Enroll's span",
+    );
+    expect(failed.status?.code).toBe(2);
+    expect(failed.attributes).toMatchObject({ "rpc.grpc.status_code": 5, "error.type": "COURSE_NOT_FOUND" });
     const spans = otlp.spans();
     expect(spans.length).toBeGreaterThan(0);
     const misnamed = spans.filter((s) => !s.name.startsWith(`${s.service}.`)).map((s) => `${s.service}/${s.name}`);
