@@ -242,9 +242,11 @@ export async function insertRequests(sql: Sql, requests: readonly NewRequest[], 
         select course_id, score, id, null from interleaved
       ) m
       window w as (partition by m.course_id order by m.score, m.id)
-    )
-    select r.id, r.created_at, (a.n + r.existing_before + r.new_upto)::int as queue_position
-    from ranked r join ahead a on a.course_id = r.course_id
+    ),
+    -- The courses' counts by array position, not by join (whose plan would hang on a guess).
+    counts as materialized (select array_agg(course_id) as ids, array_agg(n) as ns from ahead)
+    select r.id, r.created_at, (c.ns[array_position(c.ids, r.course_id)] + r.existing_before + r.new_upto)::int as queue_position
+    from ranked r, counts c
     where r.created_at is not null`;
   return rows.map((row) => ({ id: row.id, createdAt: row.created_at, queuePosition: row.queue_position }));
 }
@@ -630,9 +632,9 @@ export async function promoteWaitlistHeads(tx: Tx, courseId: string, count: numb
       set status = 'ENROLLED', reason = '', enrolled_at = k.now, updated_at = k.now
       from heads h, clock k
       where r.id = h.id
-      returning r.id, r.student_id, r.enrolled_at
+      returning r.id, r.student_id, r.enrolled_at, r.score
     )
-    select p.* from promoted p join heads h on h.id = p.id order by h.score, h.id`;
+    select p.id, p.student_id, p.enrolled_at from promoted p order by p.score, p.id`;
   return rows
     .map((row) => ({ id: row.id, studentId: row.student_id, enrolledAt: row.enrolled_at }));
 }
