@@ -1,6 +1,6 @@
 /**
  * Tracing overhead (issue 8), printing one JSON object: accepted Enroll RPC/s of an allocator
- * exporting every trace (the code's default sampler, parentbased_always_on, as in dev and compose)
+ * exporting every trace (the code's default sampler: parentbased_traceidratio at 1.0, as in dev)
  * and one exporting a tenth (parentbased_traceidratio 0.1, as in prod) over OTLP/HTTP protobuf to
  * a receiver in this process, each against an allocator with tracing off, in the same run on the
  * same database. The three processes run side by side and take turns (off, on, ratio, off, …) so
@@ -65,7 +65,7 @@ async function main(): Promise<void> {
   const traced = { OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url, OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf" };
   const envs: Record<Mode, Record<string, string>> = {
     off: base,
-    // No OTEL_TRACES_SAMPLER: the code's default.
+    // No OTEL_TRACES_SAMPLER: the code's default (every trace).
     always_on: { ...base, ...traced },
     "ratio_0.1": { ...base, ...traced, OTEL_TRACES_SAMPLER: "parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG: "0.1" },
   };

@@ -377,6 +377,40 @@ describe("metrics", () => {
   });
 });
 
+describe("sampling", () => {
+  test("OTEL_TRACES_SAMPLER_ARG alone sets the ratio, and a caller's sampled trace is followed whatever the ratio", async () => {
+    // No OTEL_TRACES_SAMPLER: the default parent-based ratio sampler, here at 0.
+    const allocator = await startServiceProcess("allocator", {
+      env: { DATABASE_URL: database.url, NATS_PREFIX: prefix, OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url, OTEL_EXPORTER_OTLP_PROTOCOL: "http/json", OTEL_BSP_SCHEDULE_DELAY: "100", OTEL_TRACES_SAMPLER_ARG: "0", LOG_LEVEL: "info" },
+      timeoutMs: 60_000,
+    });
+    const client = new EnrollmentServiceClient(allocator.grpcAddress, grpc.credentials.createInsecure());
+    try {
+      const token = await testToken("sam", ["student"], "sam@example.edu");
+      const enroll = (courseId: string, traceparent?: string) =>
+        new Promise<void>((resolve) => {
+          const metadata = new grpc.Metadata();
+          metadata.set("authorization", `Bearer ${token}`);
+          if (traceparent) metadata.set("traceparent", traceparent);
+          client.enroll(EnrollRequest.fromPartial({ idempotencyKey: crypto.randomUUID(), studentId: "sam", courseId }), metadata, () => resolve());
+        });
+      const unsampled = crypto.randomUUID();
+      const followed = crypto.randomUUID();
+      const callerTrace = crypto.randomUUID().replaceAll("-", "");
+      await enroll(unsampled);
+      await enroll(followed, `00-${callerTrace}-00f067aa0ba902b7-01`);
+      const span = await eventually(() => otlp.spans().find((s) => s.attributes["coursemesh.allocator.course_id"] === followed), 10_000, "the followed call's span");
+      expect(span.traceId).toBe(callerTrace);
+      expect(span.parentSpanId).toBe("00f067aa0ba902b7");
+      await Bun.sleep(500);
+      expect(otlp.spans().filter((s) => s.attributes["coursemesh.allocator.course_id"] === unsampled)).toEqual([]);
+    } finally {
+      client.close();
+      await allocator.stop();
+    }
+  });
+});
+
 describe("span conventions", () => {
   test("every span is named <service>.<operation> by the service that made it; failed spans carry an error status", async () => {
     // A call that fails: its server span says so, with the ErrorInfo reason as error.type.

@@ -49,7 +49,13 @@ export function startTelemetry(serviceName: string): { enabled: boolean } {
   // Metrics go to Prometheus via /metrics and logs to stdout; the SDK exports traces only.
   process.env.OTEL_METRICS_EXPORTER ??= "none";
   process.env.OTEL_LOGS_EXPORTER ??= "none";
-  process.env.OTEL_TRACES_SAMPLER ??= "parentbased_always_on";
+  // Parent-based ratio sampling, every trace unless OTEL_TRACES_SAMPLER_ARG says otherwise: the
+  // service that starts a trace decides, the rest follow, and production turns the ratio down
+  // without naming the sampler (k8s prod sets 0.1).
+  if (process.env.OTEL_TRACES_SAMPLER === undefined) {
+    process.env.OTEL_TRACES_SAMPLER = "parentbased_traceidratio";
+    process.env.OTEL_TRACES_SAMPLER_ARG ??= "1.0";
+  }
   sdk = new NodeSDK({
     serviceName: process.env.OTEL_SERVICE_NAME ?? serviceName,
     instrumentations: [],
