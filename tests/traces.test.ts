@@ -79,6 +79,7 @@ beforeAll(async () => {
 }, 90_000);
 
 afterAll(async () => {
+  // TRACES_DUMP=<file> keeps every span received, to read a failing tree at leisure.
   if (process.env.TRACES_DUMP) await Bun.write(process.env.TRACES_DUMP, JSON.stringify(otlp?.spans() ?? []));
   await Promise.all(Object.values(services).map((service) => Promise.race([service.stop(), Bun.sleep(15_000).then(() => service.kill())])));
   const nats = await connect({ servers: TEST_NATS_URL });
