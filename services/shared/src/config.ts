@@ -549,6 +549,13 @@ export const CONFIG_REGISTRY = {
     default: fixed("1"),
     parse: parsers.int(1, 5),
   }),
+  EVENTS_STREAM_MAX_BYTES: defineVar({
+    description:
+      "Size cap (max_bytes) of each JetStream stream a service provisions; JetStream reserves it on the server up front, so test runs use a small one.",
+    readers: "all",
+    default: fixed(String(1024 * 1024 * 1024)),
+    parse: parsers.int(1024 * 1024, Number.MAX_SAFE_INTEGER),
+  }),
   INGEST_WORKER_NICE: defineVar({
     description: "Nice value (0–19) of the PDF worker threads, so uploads and RPCs are answered first when the cores are busy; 0 treats both alike.",
     readers: ["ingest"],

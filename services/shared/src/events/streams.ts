@@ -177,6 +177,8 @@ export function streamConfig(prefix: string, stream: StreamName, overrides: Part
 export interface ProvisionOptions {
   /** Replicas of every stream (EVENTS_STREAM_REPLICAS); a per-stream limit overrides it. */
   replicas?: number;
+  /** Size cap of every stream (EVENTS_STREAM_MAX_BYTES); a per-stream limit overrides it. */
+  maxBytes?: number;
   /** Per-stream changes to the defaults (tests use small `maxBytes`: the server reserves it up front). */
   limits?: Partial<Record<StreamName, Partial<StreamLimits>>>;
 }
@@ -200,7 +202,11 @@ export async function provisionStreams(
 ): Promise<StreamInfo[]> {
   const infos: StreamInfo[] = [];
   for (const stream of names) {
-    const config = streamConfig(prefix, stream, { ...(options.replicas ? { replicas: options.replicas } : {}), ...options.limits?.[stream] });
+    const config = streamConfig(prefix, stream, {
+      ...(options.replicas ? { replicas: options.replicas } : {}),
+      ...(options.maxBytes ? { maxBytes: options.maxBytes } : {}),
+      ...options.limits?.[stream],
+    });
     let existing: StreamInfo | undefined;
     try {
       existing = await jsm.streams.info(config.name);

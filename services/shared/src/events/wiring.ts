@@ -32,7 +32,10 @@ export async function startServiceEvents(options: ServiceEventsOptions): Promise
   const { config, sql, nats, logger, service } = options;
   const prefix = config.NATS_PREFIX ?? "";
   const jsm = await jetstreamManager(nats);
-  await provisionStreams(jsm, prefix, options.streams, { replicas: config.EVENTS_STREAM_REPLICAS });
+  await provisionStreams(jsm, prefix, options.streams, {
+    replicas: config.EVENTS_STREAM_REPLICAS,
+    maxBytes: config.EVENTS_STREAM_MAX_BYTES,
+  });
   for (const consumer of options.consumers ?? []) consumersToMeasure.set(consumerName(prefix, consumer.durable), { jsm, stream: streamName(prefix, consumer.stream) });
   return startRelay({
     sql,

@@ -101,6 +101,8 @@ export async function startServiceProcess(service: ServiceName | string, options
       NATS_URL: TEST_NATS_URL,
       AUTH_JWT_SECRET: TEST_JWT_SECRET,
       SHUTDOWN_TIMEOUT_MS: "10000",
+      // JetStream reserves each stream's max_bytes up front; a test run needs little.
+      EVENTS_STREAM_MAX_BYTES: String(256 * 1024 * 1024),
       ...options.env,
     },
     stdin: "ignore",
