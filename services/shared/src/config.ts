@@ -196,8 +196,8 @@ export const CONFIG_REGISTRY = {
   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: otelVar("OTLP traces URL, overriding the base endpoint."),
   OTEL_EXPORTER_OTLP_PROTOCOL: otelVar("OTLP protocol: http/protobuf (default), http/json or grpc."),
   OTEL_EXPORTER_OTLP_HEADERS: otelVar("Headers sent to the collector (key=value,…)."),
-  OTEL_TRACES_SAMPLER: otelVar("Sampler, e.g. parentbased_traceidratio."),
-  OTEL_TRACES_SAMPLER_ARG: otelVar("Sampler argument, e.g. the ratio 0.1."),
+  OTEL_TRACES_SAMPLER: otelVar("Sampler; parentbased_traceidratio when unset (a caller's sampling decision is followed)."),
+  OTEL_TRACES_SAMPLER_ARG: otelVar("Sampler argument: the ratio of new traces kept, 1.0 when unset (production overlays use 0.1)."),
   OTEL_RESOURCE_ATTRIBUTES: otelVar("Extra resource attributes (key=value,…)."),
   OTEL_SDK_DISABLED: otelVar("true turns tracing off."),
   NOTIFIER_SMTP_URL: defineVar({
