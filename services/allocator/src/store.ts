@@ -227,8 +227,11 @@ export async function insertRequests(sql: Sql, requests: readonly NewRequest[], 
     interleaved as materialized (
       select h.course_id, p.score, p.id
       from heads h cross join lateral (
+        -- "offset 0" keeps this a per-course index scan: flattened into a join, it read every
+        -- pending request of every course.
         select p.score, p.id from requests p
         where p.course_id = h.course_id and p.status = 'PENDING' and (p.score, p.id) >= (h.score, h.id)
+        offset 0
       ) p
     ),
     -- One window over the new rows and the interleaved ones (no per-row count, no join back).
@@ -467,35 +470,37 @@ export async function decideBatch(tx: Tx, courseIds: readonly string[], options:
     -- One UPDATE per outcome, each finding its rows by address (the course locks keep them still):
     -- a TID scan of exactly those rows and constant new values, so no join between the decisions
     -- and the table — whose plan would hang on the planner's guess of the batch's size (a nested
-    -- loop over thousands of rows when it guessed dozens).
+    -- loop over thousands of rows when it guessed dozens). The guard is "still undecided" as
+    -- decided_at (the same thing, by constraint): status = 'PENDING' would invite a scan of every
+    -- pending request through its partial index instead.
     enrolled as (
       update requests r set status = 'ENROLLED', reason = '', decided_at = k.now, updated_at = k.now, enrolled_at = k.now
       from clock k
-      where r.ctid = any(array(select row_ref from decided where status = 'ENROLLED')) and r.status = 'PENDING'
+      where r.ctid = any(array(select row_ref from decided where status = 'ENROLLED')) and r.decided_at is null
       returning r.id, r.course_id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
     ),
     waitlisted as (
       update requests r set status = 'WAITLISTED', reason = 'COURSE_FULL', decided_at = k.now, updated_at = k.now
       from clock k
-      where r.ctid = any(array(select row_ref from decided where status = 'WAITLISTED')) and r.status = 'PENDING'
+      where r.ctid = any(array(select row_ref from decided where status = 'WAITLISTED')) and r.decided_at is null
       returning r.id, r.course_id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
     ),
     rejected_enrolled as (
       update requests r set status = 'REJECTED', reason = 'ALREADY_ENROLLED', decided_at = k.now, updated_at = k.now
       from clock k
-      where r.ctid = any(array(select row_ref from decided where reason = 'ALREADY_ENROLLED')) and r.status = 'PENDING'
+      where r.ctid = any(array(select row_ref from decided where reason = 'ALREADY_ENROLLED')) and r.decided_at is null
       returning r.id, r.course_id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
     ),
     rejected_waitlisted as (
       update requests r set status = 'REJECTED', reason = 'ALREADY_WAITLISTED', decided_at = k.now, updated_at = k.now
       from clock k
-      where r.ctid = any(array(select row_ref from decided where reason = 'ALREADY_WAITLISTED')) and r.status = 'PENDING'
+      where r.ctid = any(array(select row_ref from decided where reason = 'ALREADY_WAITLISTED')) and r.decided_at is null
       returning r.id, r.course_id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
     ),
     rejected_pending as (
       update requests r set status = 'REJECTED', reason = 'ALREADY_PENDING', decided_at = k.now, updated_at = k.now
       from clock k
-      where r.ctid = any(array(select row_ref from decided where reason = 'ALREADY_PENDING')) and r.status = 'PENDING'
+      where r.ctid = any(array(select row_ref from decided where reason = 'ALREADY_PENDING')) and r.decided_at is null
       returning r.id, r.course_id, r.student_id, r.score, r.status, r.reason, r.created_at, r.decided_at, r.traceparent
     ),
     updated as (
@@ -523,6 +528,7 @@ export async function decideBatch(tx: Tx, courseIds: readonly string[], options:
       cross join lateral (
         select w.course_id, w.score, w.id from requests w
         where w.course_id = f.course_id and w.status = 'WAITLISTED' and (w.score, w.id) > (f.score, f.id)
+        offset 0 -- a per-course index scan; flattened into a join it would read every course's waitlist
       ) w
     ),
     -- Places on the waitlist: after everyone who waited before, less the earlier waiters a
