@@ -1,11 +1,14 @@
 /**
  * Fan-out: one event becomes one delivery row per subscribed recipient (unique per event, channel
- * and recipient), written in the consumer's transaction before the event is acked. Seat emails are
- * coalesced per (monitor, recipient): the first goes at once; later ones inside the window fold
- * into one trailing email, due at the window's end, carrying the latest value.
+ * and recipient), written in the consumer's transaction before the event is acked; a batch of
+ * events is written by one statement. Seat emails are coalesced per (monitor, recipient): the
+ * first goes at once; later ones inside the window fold into one trailing email, due at the
+ * window's end, carrying the latest value.
  */
+import { trace, type Context, type Span } from "@opentelemetry/api";
 import type { Tx } from "@coursemesh/shared/db";
-import { currentTraceparent, withSpan } from "@coursemesh/shared/telemetry";
+import { PoisonEventError } from "@coursemesh/shared/events/index";
+import { injectTraceContext, recordError, withSpan } from "@coursemesh/shared/telemetry";
 import { EVENT_TYPES, renderEventMessage, type EventType, type PayloadExtras } from "./messages.ts";
 import type { ChannelName, Target } from "./recipients.ts";
 import * as store from "./store.ts";
@@ -22,6 +25,8 @@ export interface IncomingEvent {
   eventId: string;
   subject: string;
   payload: Record<string, unknown>;
+  /** The context of the event's process span: its fan_out span hangs under it, and its deliveries continue it. */
+  trace?: Context;
 }
 
 /** The notification type of a subject (`seats.changed.<id>` → `seats.changed`); undefined for events nobody is notified about. */
@@ -105,36 +110,83 @@ async function insertSeatEmail(tx: Tx, settings: FanOutSettings, base: store.New
   if (fold) await store.markCoalesced(tx, fold, base.id);
 }
 
-/** Writes the deliveries of one event; returns the channels it wrote to (for waking the sender). */
-export async function fanOut(tx: Tx, settings: FanOutSettings, event: IncomingEvent): Promise<Set<ChannelName>> {
-  const type = eventTypeOf(event.subject);
-  if (!type) return new Set();
-  // Deliveries hang under the consumer's process span (the sender continues it), not under this one.
-  const traceparent = currentTraceparent() ?? null;
-  return withSpan("notifier.fan_out", { attributes: { "coursemesh.notifier.event_type": type, "coursemesh.event.id": event.eventId } }, async (span) => {
-    const channels = await writeDeliveries(tx, settings, event, type, traceparent);
-    span.setAttribute("coursemesh.notifier.channels", [...channels].sort());
-    return channels;
-  });
+const tracer = trace.getTracer("coursemesh");
+
+/** The `traceparent` of an event's process span, kept with its deliveries so the sender continues that trace. */
+const traceparentOf = (event: IncomingEvent): string | null => (event.trace ? (injectTraceContext({}, event.trace).traceparent ?? null) : null);
+
+/**
+ * Writes the deliveries of a batch of events, in order; returns the channels written to (for waking
+ * the sender). Each event gets a `notifier.fan_out` span under its process span. A Postgres data
+ * exception (SQLSTATE class 22, e.g. a NUL character in an event's text) fails the same way every
+ * time, so it is a PoisonEventError: the consumer isolates the event and dead-letters it at once.
+ */
+export async function fanOut(tx: Tx, settings: FanOutSettings, events: IncomingEvent[]): Promise<Set<ChannelName>> {
+  try {
+    return await writeDeliveries(tx, settings, events);
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    if (typeof code === "string" && code.startsWith("22")) throw new PoisonEventError(`the event cannot be stored: ${(error as Error).message}`);
+    throw error;
+  }
 }
 
-async function writeDeliveries(tx: Tx, settings: FanOutSettings, event: IncomingEvent, type: EventType, traceparent: string | null): Promise<Set<ChannelName>> {
-  const facts = factsOf(type, event.payload);
-  if (type !== "seats.changed" || settings.coalesceMs === 0) {
-    // Every recipient gets the event as it is: one statement writes them all.
-    const render = (perspective: "student" | "course") => renderEventMessage(type, { event: event.payload, perspective }).subject;
-    const channels = await store.insertEventDeliveries(tx, {
-      ...facts,
-      eventId: event.eventId,
-      eventType: type,
-      event: event.payload,
-      subjects: { student: render("student"), other: render("course") },
-      unsubscribeBase: unsubscribeLink(settings.publicUrl, ""),
-      traceparent,
-    });
-    return new Set(channels);
+async function writeDeliveries(tx: Tx, settings: FanOutSettings, events: IncomingEvent[]): Promise<Set<ChannelName>> {
+  const channels = new Set<ChannelName>();
+  const plain: { event: IncomingEvent; type: EventType; span: Span }[] = [];
+  const seatChanges: { event: IncomingEvent; type: EventType }[] = [];
+  for (const event of events) {
+    const type = eventTypeOf(event.subject);
+    if (!type) continue;
+    if (type === "seats.changed" && settings.coalesceMs > 0) seatChanges.push({ event, type });
+    else plain.push({ event, type, span: tracer.startSpan("notifier.fan_out", { attributes: fanOutAttributes(event, type) }, event.trace) });
   }
-  return fanOutSeatChange(tx, settings, event, facts, traceparent);
+  if (plain.length > 0) {
+    // Every recipient gets these events as they are: one statement writes them all.
+    const spans = plain.map((p) => p.span);
+    try {
+      const written = await store.insertEventDeliveries(
+        tx,
+        plain.map(({ event, type }) => {
+          const render = (perspective: "student" | "course") => renderEventMessage(type, { event: event.payload, perspective }).subject;
+          return {
+            ...factsOf(type, event.payload),
+            eventId: event.eventId,
+            eventType: type,
+            event: event.payload,
+            subjects: { student: render("student"), other: render("course") },
+            traceparent: traceparentOf(event),
+          };
+        }),
+        unsubscribeLink(settings.publicUrl, ""),
+      );
+      const byEvent = new Map<string, Set<ChannelName>>();
+      for (const { event_id, channel } of written) {
+        channels.add(channel);
+        byEvent.set(event_id, (byEvent.get(event_id) ?? new Set<ChannelName>()).add(channel));
+      }
+      for (const { event, span } of plain) span.setAttribute("coursemesh.notifier.channels", [...(byEvent.get(event.eventId) ?? [])].sort());
+    } catch (error) {
+      for (const span of spans) recordError(span, error);
+      throw error;
+    } finally {
+      for (const span of spans) span.end();
+    }
+  }
+  // Coalescing reads what the previous seat email of a (monitor, recipient) became: one event at a
+  // time, in order.
+  for (const { event, type } of seatChanges) {
+    await withSpan("notifier.fan_out", { parent: event.trace, attributes: fanOutAttributes(event, type) }, async (span) => {
+      const written = await fanOutSeatChange(tx, settings, event, factsOf(type, event.payload), traceparentOf(event));
+      for (const channel of written) channels.add(channel);
+      span.setAttribute("coursemesh.notifier.channels", [...written].sort());
+    });
+  }
+  return channels;
+}
+
+function fanOutAttributes(event: IncomingEvent, type: EventType) {
+  return { "coursemesh.notifier.event_type": type, "coursemesh.event.id": event.eventId };
 }
 
 /** Seat changes: email goes through the coalescing window per (monitor, recipient); webhooks get every change. */

@@ -241,41 +241,58 @@ export interface EventDeliveries extends EventFacts {
   event: Record<string, unknown>;
   /** Subjects for the two voices: a student's own subscription, and everyone else's. */
   subjects: { student: string; other: string };
-  /** The unsubscribe link without its token; the subscription's token is appended. */
-  unsubscribeBase: string;
   traceparent: string | null;
 }
 
+/** A delivery the fan-out wrote: which event it is for and its channel. */
+export interface WrittenDelivery {
+  event_id: string;
+  channel: ChannelName;
+}
+
 /**
- * Fan-out in one statement: one delivery per (channel, address) among the ACTIVE subscriptions of
- * the targets, a student's own subscription deciding the voice; a redelivered event adds nothing.
- * Returns the channels written to. (The payload is `{event, perspective, unsubscribe_url}`, as
- * fanout.ts writes it for coalesced seat emails.)
+ * Fan-out of a batch of events in one statement: per event, one delivery per (channel, address)
+ * among the ACTIVE subscriptions of its targets, a student's own subscription deciding the voice;
+ * a redelivered event adds nothing. `unsubscribeBase` is the unsubscribe link without its token
+ * (the subscription's is appended). The payload is `{event, perspective, unsubscribe_url}`, as
+ * fanout.ts writes it for coalesced seat emails.
  */
-export async function insertEventDeliveries(tx: Tx, e: EventDeliveries): Promise<ChannelName[]> {
-  if (e.targets.length === 0) return [];
-  const rows = await tx<{ channel: ChannelName }[]>`
-    with matched as (
-      select distinct on (s.channel, s.address) s.*
-      from subscriptions s
-      join unnest(${e.targets.map((t) => t.kind)}::text[], ${e.targets.map((t) => t.value)}::text[]) as t(kind, value)
-        on s.filter_kind = t.kind and s.filter_value = t.value
+export async function insertEventDeliveries(tx: Tx, events: EventDeliveries[], unsubscribeBase: string): Promise<WrittenDelivery[]> {
+  // Targets flattened, each with the (1-based) position of its event.
+  const targets = events.flatMap((e, i) => e.targets.map((t) => ({ n: i + 1, kind: t.kind, value: t.value })));
+  if (targets.length === 0) return [];
+  type Scalar = "eventId" | "eventType" | "monitorId" | "courseId" | "studentId" | "jobId" | "aggregateVersion" | "traceparent";
+  const column = (key: Scalar) => events.map((e) => e[key] ?? null);
+  return tx<WrittenDelivery[]>`
+    with events as (
+      select * from unnest(${column("eventId")}::text[], ${column("eventType")}::text[], ${column("monitorId")}::text[],
+                           ${column("courseId")}::text[], ${column("studentId")}::text[], ${column("jobId")}::text[],
+                           ${column("aggregateVersion")}::bigint[], ${events.map((e) => e.subjects.student)}::text[],
+                           ${events.map((e) => e.subjects.other)}::text[], ${events.map((e) => JSON.stringify(e.event))}::text[],
+                           ${column("traceparent")}::text[])
+        with ordinality as e(event_id, event_type, monitor_id, course_id, student_id, job_id, aggregate_version,
+                             student_subject, other_subject, body, traceparent, n)
+    ),
+    matched as (
+      select distinct on (t.n, s.channel, s.address) t.n, s.id, s.owner, s.channel, s.address, s.filter_kind, s.unsubscribe_token
+      from unnest(${targets.map((t) => t.n)}::int[], ${targets.map((t) => t.kind)}::text[], ${targets.map((t) => t.value)}::text[]) as t(n, kind, value)
+      join subscriptions s on s.filter_kind = t.kind and s.filter_value = t.value
       where s.status = 'ACTIVE'
-      order by s.channel, s.address, (s.filter_kind = 'student') desc, s.id
+      order by t.n, s.channel, s.address, (s.filter_kind = 'student') desc, s.id
     )
     insert into deliveries (id, event_id, event_type, subscription_id, owner, channel, recipient, monitor_id, course_id,
                             student_id, job_id, aggregate_version, subject, payload, next_attempt_at, traceparent)
-    select uuid_v7(), ${e.eventId}, ${e.eventType}, m.id, m.owner, m.channel, m.address,
-           ${e.monitorId ?? null}, ${e.courseId ?? null}, ${e.studentId ?? null}, ${e.jobId ?? null}, ${e.aggregateVersion ?? null},
-           case when m.filter_kind = 'student' then ${e.subjects.student} else ${e.subjects.other} end,
-           jsonb_build_object('event', ${tx.json(e.event as never)}::jsonb,
+    select uuid_v7(), e.event_id, e.event_type, m.id, m.owner, m.channel, m.address,
+           e.monitor_id, e.course_id, e.student_id, e.job_id, e.aggregate_version,
+           case when m.filter_kind = 'student' then e.student_subject else e.other_subject end,
+           jsonb_build_object('event', e.body::jsonb,
                               'perspective', case when m.filter_kind = 'student' then 'student' else 'course' end,
-                              'unsubscribe_url', ${e.unsubscribeBase} || m.unsubscribe_token),
-           now(), ${e.traceparent}
-    from matched m
+                              'unsubscribe_url', ${unsubscribeBase} || m.unsubscribe_token),
+           now(), e.traceparent
+    from matched m join events e using (n)
+    order by m.n, m.channel, m.address
     on conflict (event_id, channel, recipient) where event_id is not null do nothing
-    returning channel`;
-  return rows.map((r) => r.channel);
+    returning event_id, channel`;
 }
 
 /**

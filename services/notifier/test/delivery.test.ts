@@ -5,10 +5,8 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { status } from "@grpc/grpc-js";
-import { jetstreamManager } from "@nats-io/jetstream";
 import { Webhook } from "standardwebhooks";
 import { Channel, NotificationStatus, type NotificationServiceClient } from "@coursemesh/proto/coursemesh/notifier/v1/notifier";
-import { prefixedSubject, streamName } from "@coursemesh/shared/events/index";
 import { testToken, type ServiceProcess } from "@coursemesh/shared/testing/harness";
 import {
   EnrollmentStatus,
@@ -22,6 +20,7 @@ import {
 import {
   call,
   createWorld,
+  dlqMessage,
   eventually,
   failure,
   notifierClient,
@@ -207,18 +206,8 @@ describe("failures", () => {
     expect(failed.nextAttemptAt).toBeUndefined();
 
     // The copy on the DLQ stream, found by the notification's id among whatever else is there.
-    const jsm = await jetstreamManager(world.nats);
-    const dlq = streamName(world.prefix, "DLQ");
-    const body = await eventually(async () => {
-      const { state } = await jsm.streams.info(dlq);
-      for (let seq = state.first_seq; seq <= state.last_seq && state.messages > 0; seq++) {
-        const message = await jsm.streams.getMessage(dlq, { seq }).catch(() => undefined);
-        if (message?.subject !== prefixedSubject(world.prefix, "dlq.notifier.sender")) continue;
-        const copy = message.json<{ notification: { id: string; status: string; lastError: string }; error: string }>();
-        if (copy.notification.id === failed.id) return copy;
-      }
-      return undefined;
-    });
+    type Copy = { notification: { id: string; status: string; lastError: string }; error: string };
+    const body = (await dlqMessage(world, "dlq.notifier.sender", (m) => m.json<Copy>().notification.id === failed.id)).json<Copy>();
     expect(body.notification.id).toBe(failed.id);
     expect(body.notification.status).toBe("NOTIFICATION_STATUS_FAILED");
     expect(body.error).toContain("SMTP 550");

@@ -4,7 +4,7 @@
  * sends events the way the other services' relays do. Everything listens on 127.0.0.1 only.
  */
 import * as grpc from "@grpc/grpc-js";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { jetstream, jetstreamManager, type StoredMsg } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { simpleParser } from "mailparser";
 import { SMTPServer } from "smtp-server";
@@ -17,7 +17,7 @@ import {
   SubscribeRequest,
   UnsubscribeRequest,
 } from "@coursemesh/proto/coursemesh/notifier/v1/notifier";
-import { deleteStreams, provisionStreams, publishEvent } from "@coursemesh/shared/events/index";
+import { deleteStreams, prefixedSubject, provisionStreams, publishEvent, streamName } from "@coursemesh/shared/events/index";
 import { ROOT_CONTEXT } from "@opentelemetry/api";
 import { createClient, unary } from "@coursemesh/shared/grpc/client";
 import { decodeGrpcError, type DecodedError } from "@coursemesh/shared/grpc/errors";
@@ -281,4 +281,18 @@ export async function eventually<T>(check: () => Promise<T | undefined | false>,
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await Bun.sleep(50);
   }
+}
+
+/** Waits for a message on the world's DLQ stream with this subject (without prefix) that `matches` accepts. */
+export async function dlqMessage(world: NotifierWorld, subject: string, matches: (message: StoredMsg) => boolean = () => true): Promise<StoredMsg> {
+  const jsm = await jetstreamManager(world.nats);
+  const dlq = streamName(world.prefix, "DLQ");
+  return eventually(async () => {
+    const { state } = await jsm.streams.info(dlq);
+    for (let seq = state.first_seq; seq <= state.last_seq && state.messages > 0; seq++) {
+      const message = await jsm.streams.getMessage(dlq, { seq }).catch(() => undefined);
+      if (message?.subject === prefixedSubject(world.prefix, subject) && matches(message)) return message;
+    }
+    return undefined;
+  }, 15_000, `a message on ${subject}`);
 }
