@@ -189,9 +189,14 @@ export function startSender(deps: SenderDeps): Sender {
   async function processClaimed(tx: Tx, rows: DeliveryRow[]): Promise<void> {
     if (rows.length === 0) return;
     const now = new Date();
-    await store.lockRecipients(tx, rows.map((r) => r.recipient));
-    const sentRecently = await store.sentCountsSince(tx, [...new Set(rows.map((r) => r.recipient))], new Date(now.getTime() - HOUR_MS));
-    const secrets = await store.webhookSecrets(tx, rows.filter((r) => r.channel === "WEBHOOK" && r.subscription_id).map((r) => r.subscription_id!));
+    const recipients = [...new Set(rows.map((r) => r.recipient))];
+    // One round trip (pipelined): the statements still run in this order, so the counts are read
+    // under the recipients' locks.
+    const [, sentRecently, secrets] = await Promise.all([
+      store.lockRecipients(tx, recipients),
+      store.sentCountsSince(tx, recipients, new Date(now.getTime() - HOUR_MS)),
+      store.webhookSecrets(tx, rows.filter((r) => r.channel === "WEBHOOK" && r.subscription_id).map((r) => r.subscription_id!)),
+    ]);
     const outcomes: AttemptOutcome[] = [];
     const toSend: DeliveryRow[] = [];
     for (const row of rows) {

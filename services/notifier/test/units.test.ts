@@ -1,11 +1,13 @@
-/** The notifier's pure parts: message content, address checks, signatures, backoff, error reading. */
+/** The notifier's pure parts: message content, email composition, address checks, signatures, backoff, error reading. */
 import { describe, expect, test } from "bun:test";
+import { simpleParser } from "mailparser";
+import MailComposer from "nodemailer/lib/mail-composer";
 import { Webhook } from "standardwebhooks";
 import { eventTypeOf, recipientsOf } from "../src/fanout.ts";
 import { renderEventMessage, seatHeadline } from "../src/messages.ts";
 import { normalizeEmail, normalizeWebhookUrl, validateTarget } from "../src/recipients.ts";
 import { retryDelayMs } from "../src/sender.ts";
-import { classifySmtpError, mailDomain } from "../src/smtp.ts";
+import { classifySmtpError, composeEmail, fromHeaderOf, mailDomain } from "../src/smtp.ts";
 import type { SubscriptionRow } from "../src/store.ts";
 import { signWebhook } from "../src/webhooks.ts";
 
@@ -109,5 +111,53 @@ describe("fan-out", () => {
     const row = (id: string, kind: SubscriptionRow["filter_kind"], address: string) => ({ id, filter_kind: kind, channel: "EMAIL", address }) as SubscriptionRow;
     const chosen = recipientsOf([row("1", "course", "a@example.edu"), row("2", "student", "a@example.edu"), row("3", "course", "b@example.edu")]);
     expect(chosen.map((s) => s.id).sort()).toEqual(["2", "3"]);
+  });
+});
+
+describe("email composition", () => {
+  const from = "Coursemesh — Ünï Notifications <notifications@coursemesh.localhost>";
+  const unsubscribeUrl = `http://127.0.0.1:8083/v1/unsubscribe?token=${"A".repeat(43)}`;
+  const messages = [
+    { subject: "Enrolled: CMPUT 201 LEC A1", text: "You are enrolled.\nSeats taken: 30 of 30.", html: "<p>You are enrolled.</p>" },
+    {
+      subject: 'Seats open: CMPUT 201 — 0 → 3 of 30, "quoted" =?utf-8?q?x?= and a long tail that goes past seventy-six characters',
+      text: `Ünïcödé — text\n\n${"long ".repeat(40)}\n.\n.a leading dot\ntrailing space `,
+      html: `<p>${"x".repeat(300)}</p>\n<p>—</p>`,
+    },
+    { subject: "登録完了: 線形代数", text: "日本語の本文", html: "<b>日本語</b>" },
+  ];
+  const read = async (raw: Buffer) => {
+    const mail = await simpleParser(raw);
+    const header = (name: string) => mail.headers.get(name);
+    return { subject: mail.subject, from: mail.from?.text, to: mail.to && !Array.isArray(mail.to) ? mail.to.text : undefined, messageId: mail.messageId, text: mail.text, html: mail.html, unsubscribe: header("list-unsubscribe"), post: header("list-unsubscribe-post"), auto: header("auto-submitted") };
+  };
+
+  test.each(messages.map((m) => [m.subject, m] as const))("%s: a mail reader gets what MailComposer would have written", async (_name, message) => {
+    const email = { to: "student-1@example.edu", message, messageId: "<0192f0a1-b2c3-7d4e-8f5a-6b7c8d9e0f1a@coursemesh.localhost>", unsubscribeUrl };
+    const raw = composeEmail(email, await fromHeaderOf(from))!;
+    const reference = await new MailComposer({
+      from,
+      to: email.to,
+      subject: message.subject,
+      text: message.text,
+      html: message.html,
+      messageId: email.messageId,
+      headers: { "Auto-Submitted": "auto-generated", "List-Unsubscribe": `<${unsubscribeUrl}>`, "List-Unsubscribe-Post": "List-Unsubscribe=One-Click" },
+    })
+      .compile()
+      .build();
+    expect(await read(raw)).toEqual(await read(reference));
+    // On the wire: CRLF line ends only, and lines within SMTP's limit.
+    const wire = raw.toString("latin1");
+    expect(wire).not.toMatch(/[^\r]\n|\r[^\n]/);
+    expect(Math.max(...wire.split("\r\n").map((line) => line.length))).toBeLessThanOrEqual(998);
+  });
+
+  test("a recipient or Message-ID that is not plain ASCII is left to MailComposer", async () => {
+    const header = await fromHeaderOf(from);
+    const message = messages[0]!;
+    expect(composeEmail({ to: "élève@example.edu", message, messageId: "<1@x>" }, header)).toBeUndefined();
+    expect(composeEmail({ to: "a@example.edu", message, messageId: "<1 2@x>" }, header)).toBeUndefined();
+    expect(composeEmail({ to: "a@example.edu", message, messageId: "<1@x>" }, header)).toBeInstanceOf(Buffer);
   });
 });
