@@ -218,10 +218,15 @@ async function untilOutboxEmpty(sql: Sql, timeoutMs = 300_000): Promise<number> 
   }
 }
 
-async function untilNoPending(sql: Sql, courseId: string): Promise<number> {
+/**
+ * Waits until `count` decisions of the course have committed; returns when. It polls the course's
+ * version (one more per decision event) by primary key: polling for pending requests instead would
+ * walk the queue index past the rows a batch is deciding, on every poll, beside the work measured.
+ */
+async function untilDecided(sql: Sql, courseId: string, count: number): Promise<number> {
   for (;;) {
-    const [row] = await sql`select exists (select 1 from allocator.requests where course_id = ${courseId} and status = 'PENDING') as pending`;
-    if (!row!.pending) return performance.now();
+    const [row] = await sql`select version from allocator.courses where id = ${courseId}`;
+    if (Number(row!.version) >= count) return performance.now();
     await Bun.sleep(5);
   }
 }
@@ -347,7 +352,7 @@ async function main() {
     const releaseBefore = await cpuSample(admin, db.name, service.process.pid);
     const released = performance.now();
     service.process.kill("SIGUSR2");
-    const drained = await untilNoPending(admin, releasedCourse);
+    const drained = await untilDecided(admin, releasedCourse, SIZES.decisions);
     const releaseSeconds = (drained - released) / 1000;
     // The relay publishes the batch's events to JetStream while and after it is decided.
     const published = await untilOutboxEmpty(admin);
