@@ -3,7 +3,8 @@
  *   (a) one course of 30 seats, 20,000 Enroll calls from 200 concurrent callers: accepted/s,
  *       decided/s, accept latency and accept → decision latency; plus accept latency at a steady
  *       2,000 calls/s offered (open loop, measured from each call's scheduled start);
- *   (b) decisions alone: 20,000 requests accepted with allocation paused, then released;
+ *   (b) decisions alone: 20,000 requests accepted with allocation paused, then released (three
+ *       times, the median reported);
  *   (c) 200 courses, 100,000 calls;
  *   (d) the baseline in the same run: one transaction per request with SELECT … FOR UPDATE on the
  *       course row (the reference design's shape, made correct: duplicate check, waitlist, the same
@@ -46,6 +47,7 @@ const SIZES = {
   courses: 200,
   spread: scale(100_000),
   baselinePool: 10,
+  releaseRounds: 3,
 };
 const CAPACITY = 30;
 /** HTTP/2 connections the load generator spreads its calls over. */
@@ -327,38 +329,61 @@ async function main() {
     const spreadCpu = cpuPer(spreadBefore, await cpuSample(admin, db.name, service.process.pid), SIZES.spread);
     const spreadDecisions = await decisionStats(admin, courses);
 
-    // (b) and (d): the same 20,000 pending requests twice, accepted while allocation is paused.
+    // (b) and (d): 20,000 pending requests, accepted while allocation is paused. (b) runs a few
+    // times, each on a fresh paused process and course, because a release lasts a second or two
+    // and one burst of other work on the machine would decide the figure; the median is reported.
+    // (d) decides its own 20,000 once: it runs for tens of seconds.
     api.close();
     await service.stop();
-    service = await startServiceProcess("allocator", { env: { ...env, ALLOCATOR_PAUSED: "true", LOG_LEVEL: process.env.BENCH_SERVICE_LOG_LEVEL ?? "info" }, timeoutMs: 60_000 });
-    api = connectApi(service.grpcAddress, token);
-    const releasedCourse = await api.createCourse("BENCH B", CAPACITY);
-    const baselineCourse = await api.createCourse("BENCH D", CAPACITY);
-    for (const [course, tag] of [[releasedCourse, "b"], [baselineCourse, "d"]] as const) {
-      await closedLoop(SIZES.decisions, SIZES.callers, (i) => api.enroll({ idempotencyKey: `${tag}-${i}`, studentId: `${tag}-${i}`, courseId: course }));
-    }
+    const startPaused = async () => {
+      service = await startServiceProcess("allocator", {
+        env: { ...env, ALLOCATOR_PAUSED: "true", LOG_LEVEL: process.env.BENCH_SERVICE_LOG_LEVEL ?? "info" },
+        timeoutMs: 60_000,
+      });
+      api = connectApi(service.grpcAddress, token);
+    };
+    const acceptPaused = async (code: string, tag: string) => {
+      const courseId = await api.createCourse(code, CAPACITY);
+      await closedLoop(SIZES.decisions, SIZES.callers, (i) => api.enroll({ idempotencyKey: `${tag}-${i}`, studentId: `${tag}-${i}`, courseId }));
+      return courseId;
+    };
 
+    await startPaused();
+    const baselineCourse = await acceptPaused("BENCH D", "d");
     await untilOutboxEmpty(admin);
     await vacuum(admin);
     const pool = createSql({ url: db.url, schema: "allocator", max: SIZES.baselinePool });
-    const baseBefore = await cpuSample(admin, db.name, service.process.pid);
+    const baseBefore = await cpuSample(admin, db.name, service!.process.pid);
     const base = await baseline(pool, baselineCourse, SIZES.baselinePool);
     await untilOutboxEmpty(admin);
-    const baseCpu = cpuPer(baseBefore, await cpuSample(admin, db.name, service.process.pid), base.decided);
+    const baseCpu = cpuPer(baseBefore, await cpuSample(admin, db.name, service!.process.pid), base.decided);
     await pool.end();
 
-    await untilOutboxEmpty(admin);
-    await vacuum(admin);
-    const releaseBefore = await cpuSample(admin, db.name, service.process.pid);
-    const released = performance.now();
-    service.process.kill("SIGUSR2");
-    const drained = await untilDecided(admin, releasedCourse, SIZES.decisions);
-    const releaseSeconds = (drained - released) / 1000;
-    // The relay publishes the batch's events to JetStream while and after it is decided.
-    const published = await untilOutboxEmpty(admin);
-    const releaseCpu = cpuPer(releaseBefore, await cpuSample(admin, db.name, service.process.pid), SIZES.decisions);
-    const releasedDecisions = await decisionStats(admin, [releasedCourse]);
+    const releases: { decidedPerSecond: number; publishedWithinS: number; cpu: ReturnType<typeof cpuPer> }[] = [];
+    for (let round = 1; round <= SIZES.releaseRounds; round++) {
+      if (round > 1) {
+        api.close();
+        await service!.stop();
+        await startPaused();
+      }
+      const releasedCourse = await acceptPaused(`BENCH B${round}`, `b${round}`);
+      await untilOutboxEmpty(admin);
+      await vacuum(admin);
+      const before = await cpuSample(admin, db.name, service!.process.pid);
+      const released = performance.now();
+      service!.process.kill("SIGUSR2");
+      const decided = await untilDecided(admin, releasedCourse, SIZES.decisions);
+      // The relay publishes the batch's events to JetStream while and after it is decided.
+      const published = await untilOutboxEmpty(admin);
+      releases.push({
+        decidedPerSecond: SIZES.decisions / ((decided - released) / 1000),
+        publishedWithinS: (published - released) / 1000,
+        cpu: cpuPer(before, await cpuSample(admin, db.name, service!.process.pid), SIZES.decisions),
+      });
+    }
     api.close();
+    const median = [...releases].sort((x, y) => x.decidedPerSecond - y.decidedPerSecond)[Math.floor(releases.length / 2)]!;
+    const baselinePerSecond = base.decided / base.seconds;
 
     if (process.env.BENCH_SERVICE_LOG_LEVEL) for (const line of service.logs.slice(-60)) console.error(JSON.stringify(line));
     const invariants = await checkInvariants(admin, { allDecided: true });
@@ -384,11 +409,10 @@ async function main() {
       },
       b_decisions_alone: {
         requests: SIZES.decisions,
-        decided_per_s: round(SIZES.decisions / releaseSeconds, 0),
-        seconds: round(releaseSeconds, 3),
-        decided: releasedDecisions.decided,
-        events_published_to_jetstream_within_s: round((published - released) / 1000, 3),
-        cpu_us_per_decision_incl_publish: releaseCpu,
+        decided_per_s: round(median.decidedPerSecond, 0),
+        rounds_decided_per_s: releases.map((r) => round(r.decidedPerSecond, 0)),
+        events_published_to_jetstream_within_s: round(median.publishedWithinS, 3),
+        cpu_us_per_decision_incl_publish: median.cpu,
       },
       c_many_courses: {
         courses: SIZES.courses,
@@ -402,17 +426,17 @@ async function main() {
       d_baseline_select_for_update: {
         requests: base.decided,
         concurrency: SIZES.baselinePool,
-        decided_per_s: round(base.decided / base.seconds, 0),
+        decided_per_s: round(baselinePerSecond, 0),
         seconds: round(base.seconds, 3),
         cpu_us_per_decision_incl_publish: baseCpu,
       },
       ratios: {
-        b_decisions_vs_baseline: round(SIZES.decisions / releaseSeconds / (base.decided / base.seconds), 1),
-        a_accepted_vs_baseline_decided: round(SIZES.stampede / stampede.seconds / (base.decided / base.seconds), 1),
+        b_decisions_vs_baseline: round(median.decidedPerSecond / baselinePerSecond, 1),
+        a_accepted_vs_baseline_decided: round(SIZES.stampede / stampede.seconds / baselinePerSecond, 1),
       },
       targets: {
-        b_decisions_per_s_at_least_25000: SIZES.decisions / releaseSeconds >= 25_000,
-        b_at_least_15x_baseline: SIZES.decisions / releaseSeconds / (base.decided / base.seconds) >= 15,
+        b_decisions_per_s_at_least_25000: median.decidedPerSecond >= 25_000,
+        b_at_least_15x_baseline: median.decidedPerSecond / baselinePerSecond >= 15,
         enroll_accepted_per_s_at_least_4000: SIZES.stampede / stampede.seconds >= 4_000,
         p99_accept_at_2000_per_s_at_most_25ms: percentile(steady.latencies, 99) <= 25,
       },
