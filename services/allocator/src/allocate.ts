@@ -27,7 +27,7 @@ export interface AllocatorOptions {
   workers: number;
   safetyPollMs: number;
   paused: boolean;
-  /** Tells this process's outbox relay that a batch committed events (the batch writes them in SQL, not through `enqueue`). */
+  /** Tells this process's outbox relay that batches committed events (they are written in SQL, not through `enqueue`). */
   wakeRelay: () => void;
   /** Told after each committed batch, e.g. to lower the accept path's count of pending requests. */
   onDecided?: (courseId: string, decided: number) => void;
@@ -207,7 +207,10 @@ export class Allocator {
         { courses: result.locked.length, decided: result.requests.length, ms: Math.round((performance.now() - started) * 10) / 10 },
         "allocation batch committed",
       );
-      this.options.wakeRelay();
+      // Decisions first: while a stampede keeps batches full, the relay is not woken after each one
+      // (publishing competes with deciding for the same two cores); it is woken by the batch that
+      // empties the queue, and its own poll picks up anything sooner than that.
+      if ([...decided.values()].some((ids) => ids.length < batchSize)) this.options.wakeRelay();
       recordDecisions(result.requests);
       for (const [courseId, ids] of decided) {
         this.options.onDecided?.(courseId, ids.length);
