@@ -52,6 +52,8 @@ export class Allocator {
   private safetyPoll: ReturnType<typeof setInterval> | undefined;
   private paused: boolean;
   private stopping = false;
+  /** Events were committed without waking the relay (see decideBatch). */
+  private relayOwed = false;
 
   constructor(private readonly options: AllocatorOptions) {
     this.paused = options.paused;
@@ -171,6 +173,10 @@ export class Allocator {
         this.busy.delete(courseId);
         if (this.wokenWhileBusy.delete(courseId)) this.dirty.add(courseId);
       }
+      if (this.relayOwed) {
+        this.relayOwed = false;
+        this.options.wakeRelay();
+      }
     }
   }
 
@@ -209,8 +215,9 @@ export class Allocator {
       );
       // Decisions first: while a stampede keeps batches full, the relay is not woken after each one
       // (publishing competes with deciding for the same two cores); it is woken by the batch that
-      // empties the queue, and its own poll picks up anything sooner than that.
+      // empties a queue or when the drain ends, and its own poll picks up anything sooner.
       if ([...decided.values()].some((ids) => ids.length < batchSize)) this.options.wakeRelay();
+      else this.relayOwed = true;
       recordDecisions(result.requests);
       for (const [courseId, ids] of decided) {
         this.options.onDecided?.(courseId, ids.length);
