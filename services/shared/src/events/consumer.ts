@@ -443,7 +443,12 @@ export async function startConsumer<T = Record<string, unknown>, R = unknown>(op
   // One timer keeps every held message ours (instead of one timer per message).
   const batchHeartbeat = batchHandler
     ? setInterval(() => {
-        for (const msg of held) msg.working();
+        try {
+          for (const msg of held) msg.working();
+        } catch (error) {
+          // A closed connection: the server redelivers these after the ack wait anyway.
+          log.warn({ err: error }, "cannot extend the ack deadline of the events held");
+        }
       }, Math.max(50, Math.floor(ackWaitMs / 3)))
     : undefined;
 
@@ -467,8 +472,9 @@ export async function startConsumer<T = Record<string, unknown>, R = unknown>(op
       track(deadLetter(msg, error, "poison", headersToObject(msg.headers)[EventHeader.MsgId]));
       return;
     }
-    const span = tracer.startSpan(`${service}.process`, { kind: SpanKind.CONSUMER, attributes: processAttributes(msg, event) }, extractTraceContext(event.headers));
-    event.trace = trace.setSpan(extractTraceContext(event.headers), span);
+    const producer = extractTraceContext(event.headers);
+    const span = tracer.startSpan(`${service}.process`, { kind: SpanKind.CONSUMER, attributes: processAttributes(msg, event) }, producer);
+    event.trace = trace.setSpan(producer, span);
     waiting.push({ msg, event, span });
     held.add(msg);
     schedulePump();
@@ -544,13 +550,12 @@ export async function startConsumer<T = Record<string, unknown>, R = unknown>(op
       }
       // One event failed, or the database is away (which no event is to blame for).
       for (const item of batch) {
-        try {
-          recordError(item.span, error);
-          await settleFailure(item.msg, item.event, error);
-        } finally {
-          held.delete(item.msg);
-          item.span.end();
-        }
+        held.delete(item.msg);
+        recordError(item.span, error);
+        await settleFailure(item.msg, item.event, error).catch((settleError) =>
+          log.error({ err: settleError, eventId: item.event.eventId }, "cannot nak or dead-letter the event; it comes back after the ack wait"),
+        );
+        item.span.end();
       }
       return;
     }
@@ -563,8 +568,13 @@ export async function startConsumer<T = Record<string, unknown>, R = unknown>(op
     }
     batch.forEach((item, i) => {
       const outcome = decision.outcomes[i]!;
-      item.msg.ack();
       held.delete(item.msg);
+      try {
+        item.msg.ack();
+      } catch (error) {
+        // Committed: the redelivery that follows a lost ack is a duplicate.
+        log.warn({ err: error, eventId: item.event.eventId }, "ack failed after the commit; the event will come back as a duplicate");
+      }
       item.span.setAttribute("coursemesh.event.outcome", outcome);
       item.span.end();
       count(outcome);
