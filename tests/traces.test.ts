@@ -197,7 +197,12 @@ describe("one trace per story", () => {
         () =>
           otlp.spans().find((s) => {
             if (s.service !== "notifier" || s.name !== "notifier.send") return false;
-            return inTrace(s.traceId).some((c) => c.name === "scraper.check" && c.attributes["coursemesh.scraper.monitor_id"] === monitorId);
+            const spans = inTrace(s.traceId);
+            const byId = new Map(spans.map((span) => [span.spanId, span]));
+            // The check also reports the monitor's health (its own event and email): wait for the change's send.
+            const publish = byId.get(byId.get(s.parentSpanId ?? "")?.parentSpanId ?? "");
+            if (!String(publish?.attributes["messaging.destination.name"]).includes(`seats.changed.${monitorId}`)) return false;
+            return spans.some((c) => c.name === "scraper.check" && c.attributes["coursemesh.scraper.monitor_id"] === monitorId);
           }),
         15_000,
         "notifier.send in a check's trace",
