@@ -6,9 +6,14 @@
  * - latency: event published → email accepted, p50/p99, with 200 events/s offered;
  * - the baseline, measured in the same run: the design the user started from — a consumer that
  *   looks up the recipients, renders the same email and sends it inline with a fresh SMTP connection
- *   per email before acking, one event at a time — and the ratio.
- * Uses a fresh database and NATS prefixes on loopback and removes them. Run: bun run bench/notifier.ts
+ *   per email before acking, one event at a time — and the ratio. (smtp-server holds each new
+ *   connection's greeting for 100 ms to catch early talkers, as real servers do, so a connection per
+ *   email costs at least that.)
+ * Uses a fresh database and NATS prefixes on loopback and removes them. The machine's 1-minute load
+ * average before and after is printed too: the machine is shared, so read a run against its load.
+ * Run: bun run bench/notifier.ts
  */
+import { loadavg } from "node:os";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { ROOT_CONTEXT } from "@opentelemetry/api";
@@ -67,6 +72,7 @@ function decided(n: number, student: string) {
   };
 }
 
+const loadBefore = loadavg()[0]!;
 const db = await createTestDatabase();
 const prefix = testNatsPrefix();
 const baselinePrefix = testNatsPrefix();
@@ -196,6 +202,7 @@ try {
       },
       baseline: { design: "fresh SMTP connection per email, sent inline before the ack, one event at a time", emails: baselineEmails, emails_per_s: round(baselinePerS) },
       ratio_to_baseline: round(ratio, 2),
+      load_average_1m: { before: round(loadBefore, 2), after: round(loadavg()[0]!, 2), cores: navigator.hardwareConcurrency },
       targets: TARGETS,
       pass: {
         emails_per_s: emailsPerS >= TARGETS.emails_per_s,
