@@ -225,10 +225,12 @@ async function untilOutboxEmpty(sql: Sql, timeoutMs = 300_000): Promise<number> 
  * version (one more per decision event) by primary key: polling for pending requests instead would
  * walk the queue index past the rows a batch is deciding, on every poll, beside the work measured.
  */
-async function untilDecided(sql: Sql, courseId: string, count: number): Promise<number> {
+async function untilDecided(sql: Sql, courseId: string, count: number, timeoutMs = 120_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
   for (;;) {
     const [row] = await sql`select version from allocator.courses where id = ${courseId}`;
     if (Number(row!.version) >= count) return performance.now();
+    if (Date.now() > deadline) throw new Error(`only ${row!.version} of ${count} decisions after ${timeoutMs} ms`);
     await Bun.sleep(5);
   }
 }
