@@ -41,10 +41,6 @@ export class CourseDirectory {
     if (code !== null) this.codes.set(id, code);
     return code;
   }
-
-  remember(id: string, code: string): void {
-    this.codes.set(id, code);
-  }
 }
 
 /** Creates a course; a taken code is ALREADY_EXISTS. */

@@ -8,8 +8,7 @@ import type { Sql, Tx } from "@coursemesh/shared/db.ts";
 type Db = Sql | Tx;
 type Row = Record<string, any>;
 
-export const REQUEST_STATUSES = ["PENDING", "ENROLLED", "WAITLISTED", "REJECTED", "DROPPED"] as const;
-export type RequestStatus = (typeof REQUEST_STATUSES)[number];
+export type RequestStatus = "PENDING" | "ENROLLED" | "WAITLISTED" | "REJECTED" | "DROPPED";
 export type DecidedStatus = "ENROLLED" | "WAITLISTED" | "REJECTED";
 
 export interface CourseRecord {

@@ -5,8 +5,8 @@
 import { invalidArgument } from "@coursemesh/shared/grpc/errors.ts";
 import type { PageKey } from "./store.ts";
 
-export const MAX_PRIORITY = 100;
-export const MAX_CAPACITY = 1_000_000;
+const MAX_PRIORITY = 100;
+const MAX_CAPACITY = 1_000_000;
 const MAX_KEY_LENGTH = 128;
 const MAX_TITLE_LENGTH = 200;
 const MAX_CODE_LENGTH = 64;
