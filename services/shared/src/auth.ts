@@ -27,6 +27,9 @@ export interface Authenticator {
   authenticate(authorization: string | undefined): Promise<Principal | null>;
 }
 
+const VERIFIED_TOKEN_CACHE_SIZE = 10_000;
+const VERIFIED_TOKEN_CACHE_MS = 60_000;
+
 const DEV_PRINCIPAL: Principal = { subject: "dev", roles: ROLES };
 
 function principalFrom(payload: JWTPayload, token: string): Principal {
@@ -64,36 +67,47 @@ export function createAuthenticator(config: Pick<Config, "AUTH_DISABLED" | "AUTH
   const secret = config.AUTH_JWT_SECRET ? new TextEncoder().encode(config.AUTH_JWT_SECRET) : undefined;
   const jwks = config.AUTH_JWKS_URL ? createRemoteJWKSet(new URL(config.AUTH_JWKS_URL)) : undefined;
   const verifyOptions = { issuer: config.AUTH_ISSUER, audience: config.AUTH_AUDIENCE };
+
+  async function verify(token: string): Promise<{ principal: Principal; expiresAtMs: number | undefined }> {
+    let header: { alg?: string };
+    try {
+      header = JSON.parse(Buffer.from(token.split(".")[0] ?? "", "base64url").toString("utf8"));
+    } catch {
+      throw unauthenticated("TOKEN_MALFORMED", "bearer token is not a JWT");
+    }
+    try {
+      let payload: JWTPayload | undefined;
+      if (header.alg === "HS256" && secret) payload = (await jwtVerify(token, secret, { ...verifyOptions, algorithms: ["HS256"] })).payload;
+      if (header.alg === "RS256" && jwks) payload = (await jwtVerify(token, jwks, { ...verifyOptions, algorithms: ["RS256"] })).payload;
+      if (payload) return { principal: principalFrom(payload, token), expiresAtMs: payload.exp === undefined ? undefined : payload.exp * 1000 };
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (code === "ERR_JWT_EXPIRED") throw unauthenticated("TOKEN_EXPIRED", "token has expired; get a new one");
+      if ((error as { reason?: string }).reason || code?.startsWith("ERR_JWT_CLAIM")) {
+        throw unauthenticated("TOKEN_INVALID", `token claim check failed: ${(error as Error).message}`);
+      }
+      if (error instanceof Error && "grpcCode" in error) throw error;
+      throw unauthenticated("TOKEN_INVALID", "token signature is not valid");
+    }
+    throw unauthenticated("TOKEN_INVALID", `token algorithm ${header.alg ?? "(none)"} is not accepted here`);
+  }
+
+  // A client sends the same token on every call; verifying it once per minute (never past its
+  // expiry) keeps signature checks off the hot path. Only verified tokens are remembered.
+  const verified = new Map<string, { principal: Principal; validUntilMs: number }>();
   return {
     disabled: false,
     async authenticate(authorization) {
       const token = bearerToken(authorization);
       if (!token) return null;
-      let header: { alg?: string };
-      try {
-        header = JSON.parse(Buffer.from(token.split(".")[0] ?? "", "base64url").toString("utf8"));
-      } catch {
-        throw unauthenticated("TOKEN_MALFORMED", "bearer token is not a JWT");
-      }
-      try {
-        if (header.alg === "HS256" && secret) {
-          const { payload } = await jwtVerify(token, secret, { ...verifyOptions, algorithms: ["HS256"] });
-          return principalFrom(payload, token);
-        }
-        if (header.alg === "RS256" && jwks) {
-          const { payload } = await jwtVerify(token, jwks, { ...verifyOptions, algorithms: ["RS256"] });
-          return principalFrom(payload, token);
-        }
-      } catch (error) {
-        const code = (error as { code?: string }).code;
-        if (code === "ERR_JWT_EXPIRED") throw unauthenticated("TOKEN_EXPIRED", "token has expired; get a new one");
-        if ((error as { reason?: string }).reason || code?.startsWith("ERR_JWT_CLAIM")) {
-          throw unauthenticated("TOKEN_INVALID", `token claim check failed: ${(error as Error).message}`);
-        }
-        if (error instanceof Error && "grpcCode" in error) throw error;
-        throw unauthenticated("TOKEN_INVALID", "token signature is not valid");
-      }
-      throw unauthenticated("TOKEN_INVALID", `token algorithm ${header.alg ?? "(none)"} is not accepted here`);
+      const now = Date.now();
+      const cached = verified.get(token);
+      if (cached && cached.validUntilMs > now) return cached.principal;
+      verified.delete(token);
+      const { principal, expiresAtMs } = await verify(token);
+      if (verified.size >= VERIFIED_TOKEN_CACHE_SIZE) verified.delete(verified.keys().next().value!);
+      verified.set(token, { principal, validUntilMs: Math.min(expiresAtMs ?? Infinity, now + VERIFIED_TOKEN_CACHE_MS) });
+      return principal;
     },
   };
 }

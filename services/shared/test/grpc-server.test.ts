@@ -102,6 +102,15 @@ describe("auth: every role allowed and refused per the policy table", () => {
     expect((await failure(call("Ping", { message: "x" }, "not-a-jwt"))).code).toBe(grpc.status.UNAUTHENTICATED);
   });
 
+  test("a verified token is remembered, but never past its expiry", async () => {
+    const shortLived = await token(["registrar"], "alice", SECRET, "2s");
+    expect((await call("Whoami", {}, shortLived)).subject).toBe("alice");
+    expect((await call("Whoami", {}, shortLived)).subject).toBe("alice");
+    await Bun.sleep(2100);
+    const error = await failure(call("Whoami", {}, shortLived));
+    expect(error.reason).toBe("TOKEN_EXPIRED");
+  });
+
   test("a token with no roles is refused by role rules but accepted where any token will do", async () => {
     const bearer = await token([]);
     expect((await failure(call("Whoami", {}, bearer))).code).toBe(grpc.status.PERMISSION_DENIED);
