@@ -12,6 +12,7 @@ import type { Subprocess } from "bun";
 import postgres from "postgres";
 import { mintToken } from "../auth.ts";
 import { SERVICE_NAMES, SERVICE_PORTS, type ServiceName } from "../config.ts";
+import { readLines } from "../lines.ts";
 import { DEV_DIR, devJwtSecret } from "./secret.ts";
 
 const REPO_ROOT = new URL("../../../../", import.meta.url).pathname;
@@ -103,19 +104,12 @@ async function startNats(): Promise<string> {
 
 function relayLogs(service: string, stream: ReadableStream<Uint8Array>): void {
   void (async () => {
-    let buffered = "";
-    for await (const chunk of stream) {
-      buffered += new TextDecoder().decode(chunk);
-      let newline: number;
-      while ((newline = buffered.indexOf("\n")) >= 0) {
-        const line = buffered.slice(0, newline);
-        buffered = buffered.slice(newline + 1);
-        try {
-          const entry = JSON.parse(line) as { level?: string; msg?: string; err?: { message?: string } };
-          console.log(`[${service}] ${entry.level ?? ""} ${entry.msg ?? ""}${entry.err?.message ? `: ${entry.err.message}` : ""}`);
-        } catch {
-          console.log(`[${service}] ${line}`);
-        }
+    for await (const line of readLines(stream)) {
+      try {
+        const entry = JSON.parse(line) as { level?: string; msg?: string; err?: { message?: string } };
+        console.log(`[${service}] ${entry.level ?? ""} ${entry.msg ?? ""}${entry.err?.message ? `: ${entry.err.message}` : ""}`);
+      } catch {
+        console.log(`[${service}] ${line}`);
       }
     }
   })();

@@ -7,6 +7,7 @@ import type { Subprocess } from "bun";
 import postgres from "postgres";
 import { mintToken, type Role } from "../auth.ts";
 import type { ServiceName } from "../config.ts";
+import { readLines } from "../lines.ts";
 
 /** Postgres server the tests create their databases on. */
 export const TEST_POSTGRES_URL = process.env.TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
@@ -117,23 +118,16 @@ export async function startServiceProcess(service: ServiceName | string, options
       options.timeoutMs ?? 30_000,
     );
     void (async () => {
-      let buffered = "";
-      for await (const chunk of child.stdout) {
-        buffered += new TextDecoder().decode(chunk);
-        let newline: number;
-        while ((newline = buffered.indexOf("\n")) >= 0) {
-          const line = buffered.slice(0, newline);
-          buffered = buffered.slice(newline + 1);
-          try {
-            const entry = JSON.parse(line) as Record<string, unknown>;
-            logs.push(entry);
-            if (typeof entry.grpcPort === "number" && typeof entry.httpPort === "number") {
-              clearTimeout(timer);
-              resolve({ grpcPort: entry.grpcPort, httpPort: entry.httpPort });
-            }
-          } catch {
-            logs.push({ raw: line });
+      for await (const line of readLines(child.stdout)) {
+        try {
+          const entry = JSON.parse(line) as Record<string, unknown>;
+          logs.push(entry);
+          if (typeof entry.grpcPort === "number" && typeof entry.httpPort === "number") {
+            clearTimeout(timer);
+            resolve({ grpcPort: entry.grpcPort, httpPort: entry.httpPort });
           }
+        } catch {
+          logs.push({ raw: line });
         }
       }
     })();
