@@ -12,14 +12,17 @@ import { Acceptor, DecisionWaits } from "./enroll.ts";
 import { enrollmentService } from "./grpc.ts";
 import { registerCourseGauges } from "./metrics.ts";
 
+// The relay publishes each read's rows in one go on the process's only JavaScript thread, which also
+// serves Enroll and runs the deciders, so this bounds how long one read can hold Enroll calls up
+// (a backlog after a big batch at 500 costs them tens of ms). 500 is the relay's own default; it is
+// a constant rather than a setting because it is tuned with bench/allocator.ts, not per deployment.
+const RELAY_BATCH_SIZE = 500;
+
 await runService({
   service: "allocator",
   migrationsDir: new URL("../migrations", import.meta.url).pathname,
   async setup({ config, logger, sql, nats, shutdown }) {
-    // The relay publishes each read's rows in one go on the process's only JavaScript thread, which
-    // also serves Enroll and runs the deciders: small reads keep those stalls to a few milliseconds
-    // (at the default 500, the backlog after a big batch held Enroll calls up by tens of ms).
-    const relay = await startServiceEvents({ config, sql, nats, logger, service: "allocator", streams: ["ENROLLMENT"], relay: { batchSize: Number(process.env.RB ?? 500) } });
+    const relay = await startServiceEvents({ config, sql, nats, logger, service: "allocator", streams: ["ENROLLMENT"], relay: { batchSize: RELAY_BATCH_SIZE } });
 
     const feed = new ChangeFeed(sql, logger);
     const reader = new RequestReader(sql);
