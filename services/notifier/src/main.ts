@@ -87,10 +87,10 @@ await runService({
           stream,
           durable,
           skipStaleVersions,
-          // One transaction fans out up to 100 events with one INSERT (a transaction per event made
+          // One transaction fans out a batch of events with one INSERT (a transaction per event made
           // consuming the bottleneck); two in flight overlap one's commit with the next one's work.
-          batchSize: 100,
-          concurrency: 2,
+          batchSize: required(config, "NOTIFIER_CONSUME_BATCH_SIZE"),
+          concurrency: required(config, "NOTIFIER_CONSUME_CONCURRENCY"),
           batchHandler: (tx, events) => fanOut(tx, fanOutSettings, events),
           // After the commit, before the acks: the moment the new deliveries are visible.
           afterCommit(channels, events) {

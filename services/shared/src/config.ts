@@ -262,6 +262,18 @@ export const CONFIG_REGISTRY = {
     default: fixed("50"),
     parse: parsers.int(1, 1000),
   }),
+  NOTIFIER_CONSUME_BATCH_SIZE: defineVar({
+    description: "Events one consumer transaction fans out with a single INSERT (per stream read).",
+    readers: ["notifier"],
+    default: fixed("100"),
+    parse: parsers.int(1, 1000),
+  }),
+  NOTIFIER_CONSUME_CONCURRENCY: defineVar({
+    description: "Fan-out batches in flight per stream; two overlap one batch's commit with the next one's work.",
+    readers: ["notifier"],
+    default: fixed("2"),
+    parse: parsers.int(1, 16),
+  }),
   NOTIFIER_POLL_MS: defineVar({
     description: "How often an idle sender looks for due notifications (new ones wake it at once in the same process).",
     readers: ["notifier"],
