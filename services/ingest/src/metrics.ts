@@ -47,6 +47,13 @@ export const attemptSeconds = new Histogram({
 
 /** Registers the queue gauges, read from Postgres when Prometheus scrapes. */
 export function registerQueueGauges(sql: Sql, running: () => number): void {
+  // Both status gauges are collected in the same scrape (prom-client gathers metrics concurrently),
+  // so they share one grouped count rather than each asking Postgres.
+  let countsInFlight: Promise<Map<JobStatusName, number>> | undefined;
+  const readCounts = () =>
+    (countsInFlight ??= countJobsByStatus(sql).finally(() => {
+      countsInFlight = undefined;
+    }));
   new Gauge({
     name: "ingest_jobs_live",
     help: "Jobs PENDING or PROCESSING across all replicas.",
@@ -54,8 +61,8 @@ export function registerQueueGauges(sql: Sql, running: () => number): void {
     registers: [registry],
     async collect() {
       try {
-        const rows = await sql`select status, count(*)::int as n from jobs where status in ('PENDING', 'PROCESSING') group by status`;
-        for (const status of ["PENDING", "PROCESSING"]) this.set({ status }, (rows.find((r) => r.status === status)?.n as number) ?? 0);
+        const counts = await readCounts();
+        for (const status of ["PENDING", "PROCESSING"] as const) this.set({ status }, counts.get(status) ?? 0);
       } catch {
         // The database is unreachable: /readyz says so; the scrape still succeeds with the last values.
       }
@@ -68,7 +75,7 @@ export function registerQueueGauges(sql: Sql, running: () => number): void {
     registers: [registry],
     async collect() {
       try {
-        const counts = await countJobsByStatus(sql);
+        const counts = await readCounts();
         for (const status of JOB_STATUSES) this.set({ status }, counts.get(status) ?? 0);
       } catch {
         // As above: the last values stand while the database is unreachable.
