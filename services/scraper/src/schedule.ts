@@ -11,6 +11,7 @@ import { enqueueMany } from "@coursemesh/shared/events/outbox.ts";
 import type { OutboxEvent } from "@coursemesh/shared/events/outbox.ts";
 import type { Logger } from "@coursemesh/shared/logger.ts";
 import { registry } from "@coursemesh/shared/metrics.ts";
+import { Wakeup } from "@coursemesh/shared/wakeup.ts";
 import { linkFromTraceparent, SpanKind, SpanStatusCode, withSpan, type Link } from "@coursemesh/shared/telemetry.ts";
 import type { CheckOutcome, Checker } from "./check.ts";
 import { healthChangedEvent, seatsChangedEvent } from "./events.ts";
@@ -65,23 +66,6 @@ const checkSeconds = new Histogram({
 });
 const seatChangesTotal = new Counter({ name: "coursemesh_scraper_seat_changes_total", help: "Seat changes recorded.", registers: [registry] });
 const staleTotal = new Counter({ name: "coursemesh_scraper_marked_stale_total", help: "Monitors the sweeper marked STALE.", registers: [registry] });
-
-/** Wakes a loop early; a `notify` that comes before the `wait` is kept, not lost. */
-function wakeSignal() {
-  let pending = false;
-  let wake: (() => void) | undefined;
-  return {
-    notify(): void {
-      pending = true;
-      wake?.();
-    },
-    async wait(ms: number): Promise<void> {
-      if (!pending) await new Promise<void>((resolve) => ((wake = resolve), setTimeout(resolve, ms)));
-      wake = undefined;
-      pending = false;
-    },
-  };
-}
 
 /** Leases last a check's timeout plus this, so a result recorded at the deadline still holds its lease. */
 export const LEASE_MARGIN_MS = 10_000;
@@ -155,8 +139,8 @@ export function startScheduler(options: SchedulerOptions): Scheduler {
   const limiter = new HostLimiter(options.hostCap, options.hostGapMs);
   const inFlight: Record<FetchModeName, number> = { BROWSER: 0, HTTP: 0 };
   const running = new Set<{ done: Promise<void>; abort: AbortController }>();
-  const wakeup = wakeSignal();
-  const sweepWakeup = wakeSignal();
+  const wakeup = new Wakeup();
+  const sweepWakeup = new Wakeup();
   let stopping = false;
 
   /** Runs one leased check (host slot, span, check, record). */

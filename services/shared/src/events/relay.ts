@@ -28,6 +28,7 @@ import type { Logger } from "../logger.ts";
 import { registry } from "../metrics.ts";
 import { onOutboxWrite } from "./outbox.ts";
 import { publishEvent, storedTraceContext } from "./publish.ts";
+import { Wakeup } from "../wakeup.ts";
 
 export interface RelayOptions {
   /** The service's pool (its schema first on the search_path); the relay derives its lock connection from it. */
@@ -136,35 +137,6 @@ new Gauge({
     for (const [service, { oldestSeconds }] of await readOutboxes()) this.set({ service }, oldestSeconds);
   },
 });
-
-/** A one-slot wake-up: `notify` before `wait` is not lost. */
-class Wakeup {
-  private pending = false;
-  private waiter: (() => void) | undefined;
-
-  notify(): void {
-    this.pending = true;
-    const waiter = this.waiter;
-    this.waiter = undefined;
-    waiter?.();
-  }
-
-  async wait(ms: number): Promise<void> {
-    if (!this.pending && ms > 0) {
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => {
-          this.waiter = undefined;
-          resolve();
-        }, ms);
-        this.waiter = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-    }
-    this.pending = false;
-  }
-}
 
 /** How often the relay asks for the oldest running transaction to raise its floor. */
 const HORIZON_CHECK_MS = 100;
