@@ -7,7 +7,7 @@ export type { Logger };
  * A pino JSON logger for one service. Every line written inside a span carries its `trace_id` and
  * `span_id`, so a log line leads to its trace in Grafana.
  */
-export function createLogger(service: string, level: string = process.env.LOG_LEVEL ?? "info", destination?: pino.DestinationStream): Logger {
+export function createLogger(service: string, level: string, destination?: pino.DestinationStream): Logger {
   const options: pino.LoggerOptions = {
     name: service,
     level,

@@ -52,7 +52,7 @@ export async function runService(definition: ServiceDefinition, argv: string[] =
     console.error(error.message);
     process.exit(78);
   }
-  const logger = createLogger(definition.service, config.LOG_LEVEL);
+  const logger = createLogger(definition.service, config.LOG_LEVEL!);
   const sql = createSql({ url: config.DATABASE_URL!, schema: definition.service, max: config.DATABASE_POOL_MAX });
   const migrations = [PLATFORM_MIGRATIONS, { name: definition.service, dir: definition.migrationsDir }];
   if (argv.includes("--migrate-only")) {
