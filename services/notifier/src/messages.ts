@@ -285,7 +285,7 @@ export function confirmationMessage(payload: { confirm_url?: unknown; owner?: un
 }
 
 /** The message SendTest sends. */
-export function testMessage(payload: { requested_by?: unknown }): Message {
+function testMessage(payload: { requested_by?: unknown }): Message {
   return compose(
     "coursemesh test notification",
     {
