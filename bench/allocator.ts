@@ -13,7 +13,6 @@
  * Run: bun run bench/allocator.ts [--quick]   (--quick: a tenth of the sizes, for a smoke test)
  * BENCH_SERVICE_LOG_LEVEL=debug prints the allocator's last log lines (one per batch) to stderr.
  */
-import http2 from "node:http2";
 import { readFileSync } from "node:fs";
 import { availableParallelism, loadavg } from "node:os";
 import * as grpc from "@grpc/grpc-js";
@@ -32,6 +31,7 @@ import {
   testToken,
   type ServiceProcess,
 } from "@coursemesh/shared/testing/harness.ts";
+import { connectH2Unary } from "./h2-unary.ts";
 import { decidedEvent } from "../services/allocator/src/events.ts";
 import { checkInvariants, waitUntilAllDecided } from "../services/allocator/src/invariants.ts";
 import type { DecidedStatus } from "../services/allocator/src/store.ts";
@@ -67,56 +67,20 @@ function percentile(sorted: number[], p: number): number {
 
 const ENROLL_PATH = "/coursemesh.allocator.v1.EnrollmentService/Enroll";
 
-/**
- * The load generator's gRPC client: unary calls framed by hand over node:http2 (length-prefixed
- * protobuf, `grpc-status` from the trailers), on a few connections. On this two-core machine the
- * load generator shares the CPU with the service, Postgres and NATS; grpc-js spends about three
- * times the CPU per call of this client (measured: 184 µs against 66 µs), which would be measuring
- * the load generator. ghz or h2load play this part elsewhere.
- */
+/** Enroll over the hand-framed HTTP/2 client (see h2-unary.ts for why); course setup over grpc-js. */
 function connectApi(address: string, token: string): Api {
-  const sessions = Array.from({ length: CHANNELS }, () => http2.connect(`http://${address}`));
+  const h2 = connectH2Unary(address, token, CHANNELS);
   const control = new EnrollmentServiceClient(address, grpc.credentials.createInsecure());
-  let next = 0;
-  const call = (path: string, body: Uint8Array): Promise<Buffer> =>
-    new Promise((resolve, reject) => {
-      const stream = sessions[next++ % sessions.length]!.request({
-        ":method": "POST",
-        ":path": path,
-        "content-type": "application/grpc",
-        te: "trailers",
-        authorization: `Bearer ${token}`,
-        "grpc-timeout": "30S",
-      });
-      const chunks: Buffer[] = [];
-      let status: string | undefined;
-      let message = "";
-      const readStatus = (headers: http2.IncomingHttpHeaders) => {
-        if (headers["grpc-status"] !== undefined) {
-          status = String(headers["grpc-status"]);
-          message = decodeURIComponent(String(headers["grpc-message"] ?? ""));
-        }
-      };
-      stream.on("response", readStatus);
-      stream.on("trailers", readStatus);
-      stream.on("data", (chunk: Buffer) => chunks.push(chunk));
-      stream.on("error", reject);
-      stream.on("end", () => (status === "0" ? resolve(Buffer.concat(chunks).subarray(5)) : reject(new Error(`gRPC status ${status}: ${message}`))));
-      const frame = Buffer.alloc(5 + body.length);
-      frame.writeUInt32BE(body.length, 1);
-      frame.set(body, 5);
-      stream.end(frame);
-    });
   return {
     async enroll(request) {
-      await call(ENROLL_PATH, EnrollRequest.encode(EnrollRequest.fromPartial(request)).finish());
+      await h2.call(ENROLL_PATH, EnrollRequest.encode(EnrollRequest.fromPartial(request)).finish());
     },
     async createCourse(code, capacity) {
       const { course } = await unary(control.createCourse.bind(control), CreateCourseRequest.fromPartial({ code, title: `Benchmark ${code}`, capacity }), { token });
       return course!.id;
     },
     close: () => {
-      for (const session of sessions) session.close();
+      h2.close();
       control.close();
     },
   };

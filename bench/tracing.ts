@@ -9,7 +9,6 @@
  * Target: traced/untraced ≥ 0.85.
  * Run: bun run bench/tracing.ts [--quick]
  */
-import http2 from "node:http2";
 import { availableParallelism, loadavg } from "node:os";
 import * as grpc from "@grpc/grpc-js";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -19,6 +18,7 @@ import { deleteStreams } from "@coursemesh/shared/events/index.ts";
 import { unary } from "@coursemesh/shared/grpc/client.ts";
 import { createTestDatabase, startServiceProcess, TEST_NATS_URL, testNatsPrefix, testToken, type ServiceProcess } from "@coursemesh/shared/testing/harness.ts";
 import { startOtlpReceiver } from "@coursemesh/shared/testing/otlp.ts";
+import { connectH2Unary } from "./h2-unary.ts";
 
 const quick = process.argv.includes("--quick");
 const CALLS_PER_ROUND = quick ? 1_000 : 4_000;
@@ -29,30 +29,14 @@ const ENROLL_PATH = "/coursemesh.allocator.v1.EnrollmentService/Enroll";
 
 type Mode = "off" | "always_on" | "ratio_0.1";
 
-/** Unary Enroll framed by hand over node:http2, so the load generator's CPU stays small next to the service's. */
+/** Unary Enroll over the hand-framed HTTP/2 client, so the load generator's CPU stays small next to the service's. */
 function enrollClient(address: string, token: string) {
-  const session = http2.connect(`http://${address}`);
+  const h2 = connectH2Unary(address, token);
   return {
-    enroll(request: Partial<EnrollRequest>): Promise<void> {
-      const body = EnrollRequest.encode(EnrollRequest.fromPartial(request)).finish();
-      return new Promise((resolve, reject) => {
-        const stream = session.request({ ":method": "POST", ":path": ENROLL_PATH, "content-type": "application/grpc", te: "trailers", authorization: `Bearer ${token}`, "grpc-timeout": "30S" });
-        let status: string | undefined;
-        const readStatus = (headers: http2.IncomingHttpHeaders) => {
-          if (headers["grpc-status"] !== undefined) status = String(headers["grpc-status"]);
-        };
-        stream.on("response", readStatus);
-        stream.on("trailers", readStatus);
-        stream.on("data", () => {});
-        stream.on("error", reject);
-        stream.on("end", () => (status === "0" ? resolve() : reject(new Error(`Enroll: gRPC status ${status}`))));
-        const frame = Buffer.alloc(5 + body.length);
-        frame.writeUInt32BE(body.length, 1);
-        frame.set(body, 5);
-        stream.end(frame);
-      });
+    async enroll(request: Partial<EnrollRequest>): Promise<void> {
+      await h2.call(ENROLL_PATH, EnrollRequest.encode(EnrollRequest.fromPartial(request)).finish());
     },
-    close: () => session.close(),
+    close: h2.close,
   };
 }
 
