@@ -7,7 +7,6 @@ import type { Sql, Tx } from "@coursemesh/shared/db.ts";
 type Db = Sql | Tx;
 
 export type JobStatusName = "PENDING" | "PROCESSING" | "COMPLETED" | "FAILED" | "CANCELLED";
-export const LIVE_STATUSES: readonly JobStatusName[] = ["PENDING", "PROCESSING"];
 
 export interface DocumentRow {
   position: number;
