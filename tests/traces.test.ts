@@ -23,6 +23,7 @@ import { documentsBucket } from "../services/ingest/src/document-store.ts";
 import { coursePdf } from "../services/ingest/test/pdfs.ts";
 import { startSmtp, type TestSmtp } from "../services/notifier/test/helpers.ts";
 import { startRegistrar, type Registrar } from "../services/scraper/src/demo/registrar.ts";
+import { eventually } from "@coursemesh/shared/testing/eventually.ts";
 
 const SERVER = 2;
 const CLIENT = 3;
@@ -130,16 +131,6 @@ function drawTree(traceId: string): string {
   };
   walk(undefined, 0);
   return lines.join("\n");
-}
-
-async function eventually<T>(probe: () => T | undefined | Promise<T | undefined>, timeoutMs: number, what: string): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`${what} not seen within ${timeoutMs} ms`);
-    await Bun.sleep(100);
-  }
 }
 
 function notifierClient(): NotificationServiceClient {

@@ -28,6 +28,8 @@ import {
   type TestDatabase,
 } from "@coursemesh/shared/testing/harness.ts";
 import { documentsBucket } from "../src/document-store.ts";
+import { eventually } from "@coursemesh/shared/testing/eventually.ts";
+export { eventually };
 
 /** Settings that keep a test run quick and small (the server reserves stream and bucket sizes up front). */
 export const TEST_ENV: Record<string, string> = {
@@ -226,17 +228,6 @@ export async function streamMessages(world: IngestWorld, stream: StreamName): Pr
     out.push({ subject: message.subject.slice(world.prefix.length + 1), headers, body: message.json<Record<string, unknown>>() });
   }
   return out;
-}
-
-/** Waits until `check` returns a value (not undefined), polling. */
-export async function eventually<T>(check: () => Promise<T | undefined>, timeoutMs = 15_000, what = "condition"): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await Bun.sleep(100);
-  }
 }
 
 /** Multipart body for POST /v1/uploads. */

@@ -22,6 +22,8 @@ import { ROOT_CONTEXT } from "@opentelemetry/api";
 import { createClient, unary } from "@coursemesh/shared/grpc/client";
 import { decodeGrpcError, type DecodedError } from "@coursemesh/shared/grpc/errors";
 import { createTestDatabase, startServiceProcess, testNatsPrefix, TEST_NATS_URL, type ServiceProcess, type TestDatabase } from "@coursemesh/shared/testing/harness";
+import { eventually } from "@coursemesh/shared/testing/eventually.ts";
+export { eventually };
 
 /** A message the SMTP server accepted, parsed. */
 export interface ReceivedEmail {
@@ -270,17 +272,6 @@ export async function failure(promise: Promise<unknown>): Promise<DecodedError> 
     return decodeGrpcError(error);
   }
   throw new Error("expected the call to fail");
-}
-
-/** Polls until `check` returns a value (not undefined/false), or fails after `timeoutMs`. */
-export async function eventually<T>(check: () => Promise<T | undefined | false>, timeoutMs = 15_000, what = "condition"): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(50);
-  }
 }
 
 /** Waits for a message on the world's DLQ stream with this subject (without prefix) that `matches` accepts. */

@@ -11,6 +11,8 @@ import { deleteStreams } from "@coursemesh/shared/events/index.ts";
 import { unary } from "@coursemesh/shared/grpc/client.ts";
 import { createTestDatabase, startServiceProcess, TEST_NATS_URL, testNatsPrefix, type ServiceProcess, type TestDatabase } from "@coursemesh/shared/testing/harness.ts";
 import { startRegistrar, type Registrar, type RegistrarOptions } from "../src/demo/registrar.ts";
+import { eventually } from "@coursemesh/shared/testing/eventually.ts";
+export { eventually };
 
 export interface ScraperEnv {
   db: TestDatabase;
@@ -119,17 +121,6 @@ export function call<K extends keyof MonitorServiceClient>(
 ): Promise<MonitorServiceClient[K] extends Unary<any, infer R> ? R : never> {
   const fn = (client[method] as Function).bind(client);
   return unary(fn, request, { token, deadlineMs }) as never;
-}
-
-/** Polls `probe` until it returns a value (not undefined), or fails after `timeoutMs` with the last value seen. */
-export async function eventually<T>(probe: () => Promise<T | undefined>, timeoutMs = 15_000, what = "condition"): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`${what} not reached within ${timeoutMs} ms`);
-    await Bun.sleep(100);
-  }
 }
 
 /** A BearTracks extractor for the demo's sample data. */
