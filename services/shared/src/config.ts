@@ -4,30 +4,38 @@
  * against it, so a variable that is not declared here is one no service reads.
  */
 
+/** The backend services: each serves gRPC and owns a Postgres schema and its JetStream streams. */
 export const SERVICE_NAMES = ["scraper", "allocator", "notifier", "ingest"] as const;
 export type ServiceName = (typeof SERVICE_NAMES)[number];
+/** Every process coursemesh runs: the backends and `web`, the dashboard (HTTP only: no gRPC, database or NATS). */
+export const PROCESS_NAMES = [...SERVICE_NAMES, "web"] as const;
+export type ProcessName = (typeof PROCESS_NAMES)[number];
 
-/** Local ports of each service (DESIGN.md §Configuration). */
-export const SERVICE_PORTS: Record<ServiceName, { grpc: number; http: number }> = {
+/** Local ports of each service (DESIGN.md §Configuration); the dashboard has no gRPC port. */
+export const SERVICE_PORTS: Record<ServiceName, { grpc: number; http: number }> & Record<"web", { grpc?: undefined; http: number }> = {
   scraper: { grpc: 50051, http: 8081 },
   allocator: { grpc: 50052, http: 8082 },
   notifier: { grpc: 50053, http: 8083 },
   ingest: { grpc: 50054, http: 8084 },
+  web: { http: 8080 },
 };
 
-type Readers = readonly ServiceName[] | "all";
+/** `"all"` is every process, the dashboard included; `SERVICE_NAMES` is the backends only. */
+type Readers = readonly ProcessName[] | "all";
 
 interface VarSpec<T> {
   /** What it is for, in a sentence an operator can act on. */
   description: string;
   readers: Readers;
   /** Default for a reader; `undefined` means the variable is optional and has no value. */
-  default: (service: ServiceName) => string | undefined;
+  default: (service: ProcessName) => string | undefined;
   parse: (raw: string) => T;
   /** Secrets come from a Secret in Kubernetes, never a ConfigMap. */
   secret?: boolean;
   /** Read by a library (the OpenTelemetry SDK) rather than by our own code. */
   readByLibrary?: boolean;
+  /** Start-up fails when a reader has no value (no default, not set). */
+  required?: boolean;
 }
 
 class ConfigError extends Error {
@@ -80,7 +88,10 @@ const parsers = {
 };
 
 const fixed = (value: string | undefined) => () => value;
-const servicePort = (kind: "grpc" | "http") => (service: ServiceName) => String(SERVICE_PORTS[service][kind]);
+const servicePort = (kind: "grpc" | "http") => (service: ProcessName) => {
+  const port = SERVICE_PORTS[service][kind];
+  return port === undefined ? undefined : String(port);
+};
 
 function defineVar<T>(spec: VarSpec<T>): VarSpec<T> {
   return spec;
@@ -91,7 +102,7 @@ function otelVar(description: string) {
 }
 
 /** Declares `<SERVICE>_ADDR` for the services that call `target`. */
-export function serviceAddress(target: ServiceName, readers: readonly ServiceName[]) {
+export function serviceAddress(target: ServiceName, readers: readonly ProcessName[]) {
   const { grpc } = SERVICE_PORTS[target];
   return defineVar({
     description: `gRPC address (host:port) of the ${target} service.`,
@@ -105,27 +116,27 @@ export function serviceAddress(target: ServiceName, readers: readonly ServiceNam
 export const CONFIG_REGISTRY = {
   DATABASE_URL: defineVar({
     description: "PostgreSQL connection URL; each service uses its own schema in this database.",
-    readers: "all",
+    readers: SERVICE_NAMES,
     default: fixed("postgres://postgres@127.0.0.1:5432/coursemesh"),
     parse: parsers.url("postgres:", "postgresql:"),
     secret: true,
   }),
   DATABASE_POOL_MAX: defineVar({
     description: "Connections in the process's Postgres pool.",
-    readers: "all",
+    readers: SERVICE_NAMES,
     default: fixed("10"),
     parse: parsers.int(1, 200),
   }),
   NATS_URL: defineVar({
     description: "NATS server URL(s), comma-separated; JetStream must be enabled.",
-    readers: "all",
+    readers: SERVICE_NAMES,
     default: fixed("nats://127.0.0.1:4222"),
     parse: (raw: string) => raw.split(",").map((u) => parsers.url("nats:", "tls:", "ws:", "wss:")(u.trim())),
   }),
   NATS_PREFIX: defineVar({
     description:
       "Prefix for every JetStream stream, consumer and subject, so several deployments (or test runs) share one NATS; empty in production.",
-    readers: "all",
+    readers: SERVICE_NAMES,
     default: fixed(""),
     parse: (raw: string) =>
       raw === "" || /^[a-z][a-z0-9_]{0,30}$/.test(raw) ? raw : fail(`must be lowercase letters, digits and _, got "${raw}"`),
@@ -138,12 +149,12 @@ export const CONFIG_REGISTRY = {
   }),
   GRPC_PORT: defineVar({
     description: "gRPC port (0 picks a free one).",
-    readers: "all",
+    readers: SERVICE_NAMES,
     default: servicePort("grpc"),
     parse: parsers.int(0, 65535),
   }),
   HTTP_PORT: defineVar({
-    description: "HTTP port for /healthz, /readyz and /metrics (0 picks a free one).",
+    description: "HTTP port for /healthz, /readyz and /metrics, and the web dashboard's pages (0 picks a free one).",
     readers: "all",
     default: servicePort("http"),
     parse: parsers.int(0, 65535),
@@ -187,7 +198,7 @@ export const CONFIG_REGISTRY = {
   }),
   AUTH_DISABLED: defineVar({
     description: "Local development only: every call acts as an operator. Never set in a deployment.",
-    readers: "all",
+    readers: SERVICE_NAMES,
     default: fixed("false"),
     parse: parsers.bool,
   }),
@@ -374,7 +385,30 @@ export const CONFIG_REGISTRY = {
     default: fixed("false"),
     parse: parsers.bool,
   }),
-  NOTIFIER_ADDR: serviceAddress("notifier", ["scraper"]),
+  NOTIFIER_ADDR: serviceAddress("notifier", ["scraper", "web"]),
+  SCRAPER_ADDR: serviceAddress("scraper", ["web"]),
+  ALLOCATOR_ADDR: serviceAddress("allocator", ["web"]),
+  INGEST_ADDR: serviceAddress("ingest", ["web"]),
+  WEB_SESSION_SECRET: defineVar({
+    description: "Key of the dashboard's CSRF tokens (HMAC of the session); at least 32 characters. Changing it signs everyone's open forms out of date, not out.",
+    readers: ["web"],
+    default: fixed(undefined),
+    parse: (raw: string) => (raw.length < 32 ? fail("must be at least 32 characters") : raw),
+    secret: true,
+    required: true,
+  }),
+  WEB_COOKIE_SECURE: defineVar({
+    description: "Mark the dashboard's session cookie Secure (browsers then send it over https only); set true wherever the dashboard is served over https.",
+    readers: ["web"],
+    default: fixed("false"),
+    parse: parsers.bool,
+  }),
+  WEB_MAX_UPLOAD_BYTES: defineVar({
+    description: "Largest PDF upload the dashboard passes on to ingest (all files of one upload together); bigger ones get HTTP 413.",
+    readers: ["web"],
+    default: fixed(String(50 * 1024 * 1024)),
+    parse: parsers.int(1024, 1024 * 1024 * 1024),
+  }),
   SCRAPER_CHROMIUM_PATH: defineVar({
     description: "Chromium (or Chrome) executable; empty means the first of /usr/bin/chromium, /usr/bin/chromium-browser, /usr/bin/google-chrome that exists. Never downloaded.",
     readers: ["scraper"],
@@ -539,32 +573,32 @@ export const CONFIG_REGISTRY = {
   }),
   OUTBOX_RELAY_POLL_INTERVAL_MS: defineVar({
     description: "How often an idle outbox relay looks for rows no writer woke it for; a missed wake-up is published within this.",
-    readers: "all",
+    readers: SERVICE_NAMES,
     default: fixed("1000"),
     parse: parsers.int(10, 60_000),
   }),
   OUTBOX_RELAY_STANDBY_RETRY_MS: defineVar({
     description: "How often a standby replica's outbox relay tries to take over; events of a dead leader wait about this long.",
-    readers: "all",
+    readers: SERVICE_NAMES,
     default: fixed("2000"),
     parse: parsers.int(50, 60_000),
   }),
   OUTBOX_RELAY_MAX_IN_FLIGHT: defineVar({
     description: "Publishes the outbox relay keeps awaiting JetStream's ack at once.",
-    readers: "all",
+    readers: SERVICE_NAMES,
     default: fixed("2048"),
     parse: parsers.int(1, 65_536),
   }),
   EVENTS_STREAM_REPLICAS: defineVar({
     description: "Replicas of the JetStream streams a service provisions: 1 for a single NATS server, 3 for a cluster.",
-    readers: "all",
+    readers: SERVICE_NAMES,
     default: fixed("1"),
     parse: parsers.int(1, 5),
   }),
   EVENTS_STREAM_MAX_BYTES: defineVar({
     description:
       "Size cap (max_bytes) of each JetStream stream a service provisions; JetStream reserves it on the server up front, so test runs use a small one.",
-    readers: "all",
+    readers: SERVICE_NAMES,
     default: fixed(String(1024 * 1024 * 1024)),
     parse: parsers.int(1024 * 1024, Number.MAX_SAFE_INTEGER),
   }),
@@ -581,11 +615,11 @@ type ValueOf<K extends ConfigName> = ReturnType<(typeof CONFIG_REGISTRY)[K]["par
 
 /** The validated configuration of one service. Optional variables without a value are `undefined`. */
 export type Config = { readonly [K in ConfigName]: ValueOf<K> | undefined } & {
-  readonly service: ServiceName;
+  readonly service: ProcessName;
 };
 
 /** Whether `service` reads `name`. */
-export function readsVariable(service: ServiceName, name: ConfigName): boolean {
+export function readsVariable(service: ProcessName, name: ConfigName): boolean {
   const readers = CONFIG_REGISTRY[name].readers;
   return readers === "all" || readers.includes(service);
 }
@@ -594,13 +628,16 @@ export function readsVariable(service: ServiceName, name: ConfigName): boolean {
  * Reads and validates the configuration of `service` from `env`. Throws one error listing every
  * problem, each naming its variable, so a bad deployment fails at start with an actionable message.
  */
-export function loadConfig(service: ServiceName, env: Record<string, string | undefined> = process.env): Config {
+export function loadConfig(service: ProcessName, env: Record<string, string | undefined> = process.env): Config {
   const values: Record<string, unknown> = { service };
   const problems: string[] = [];
   for (const [name, spec] of Object.entries(CONFIG_REGISTRY) as [ConfigName, VarSpec<unknown>][]) {
     if (!readsVariable(service, name)) continue;
     const raw = env[name] ?? spec.default(service);
-    if (raw === undefined) continue;
+    if (raw === undefined) {
+      if (spec.required) problems.push(`${name} must be set`);
+      continue;
+    }
     try {
       values[name] = spec.parse(raw);
     } catch (error) {
@@ -609,7 +646,8 @@ export function loadConfig(service: ServiceName, env: Record<string, string | un
   }
   const config = values as Config;
   if (!config.AUTH_DISABLED && !config.AUTH_JWT_SECRET && !config.AUTH_JWKS_URL) {
-    problems.push("AUTH_JWT_SECRET or AUTH_JWKS_URL must be set (or AUTH_DISABLED=true for local development)");
+    // The dashboard has no unauthenticated mode: it shows only what a signed-in token may see.
+    problems.push(`AUTH_JWT_SECRET or AUTH_JWKS_URL must be set${readsVariable(service, "AUTH_DISABLED") ? " (or AUTH_DISABLED=true for local development)" : ""}`);
   }
   if (problems.length > 0) {
     throw new ConfigError(`invalid configuration for ${service}:\n  - ${problems.join("\n  - ")}`);

@@ -12,6 +12,8 @@ export interface OpsServerOptions {
   handle?: (request: Request) => Promise<Response | undefined> | Response | undefined;
   /** Largest request body accepted on this port. */
   maxRequestBodySize?: number;
+  /** Seconds an idle connection stays open (Bun's default is 10). */
+  idleTimeoutSeconds?: number;
 }
 
 export interface OpsServer {
@@ -19,7 +21,8 @@ export interface OpsServer {
   url: string;
   /** Readiness turns false as shutdown starts, so load balancers stop sending work first. */
   setReady(ready: boolean): void;
-  stop(): Promise<void>;
+  /** Stops listening; `graceful` lets requests in flight finish, otherwise open connections are closed. */
+  stop(options?: { graceful?: boolean }): Promise<void>;
 }
 
 const CHECK_TIMEOUT_MS = 2000;
@@ -48,6 +51,7 @@ export function startOpsServer(options: OpsServerOptions): OpsServer {
     hostname: options.host,
     port: options.port,
     maxRequestBodySize: options.maxRequestBodySize,
+    idleTimeout: options.idleTimeoutSeconds,
     async fetch(request) {
       const { pathname } = new URL(request.url);
       if (request.method === "GET" && pathname === "/healthz") return Response.json({ status: "ok" });
@@ -72,8 +76,8 @@ export function startOpsServer(options: OpsServerOptions): OpsServer {
     setReady(value) {
       ready = value;
     },
-    async stop() {
-      await server.stop(true);
+    async stop(stopOptions = {}) {
+      await server.stop(!stopOptions.graceful);
     },
   };
 }

@@ -46,6 +46,23 @@ describe("configuration registry", () => {
     expect(loadConfig("ingest", { AUTH_JWKS_URL: "https://idp.example/jwks" }).AUTH_JWKS_URL).toBe("https://idp.example/jwks");
   });
 
+  test("the web dashboard reads its own variables and the backends' addresses, never the database or NATS", () => {
+    const web = loadConfig("web", { ...base, WEB_SESSION_SECRET: "w".repeat(32) });
+    expect(web.HTTP_PORT).toBe(SERVICE_PORTS.web.http);
+    expect(web.GRPC_PORT).toBeUndefined();
+    expect(web.DATABASE_URL).toBeUndefined();
+    expect(web.NATS_URL).toBeUndefined();
+    expect(web.WEB_COOKIE_SECURE).toBe(false);
+    expect([web.SCRAPER_ADDR, web.ALLOCATOR_ADDR, web.NOTIFIER_ADDR, web.INGEST_ADDR]).toEqual(
+      SERVICE_NAMES.map((service) => `127.0.0.1:${SERVICE_PORTS[service].grpc}`),
+    );
+    expect(readsVariable("web", "AUTH_DISABLED")).toBe(false);
+    expect(readsVariable("scraper", "WEB_SESSION_SECRET")).toBe(false);
+    expect(() => loadConfig("web", base)).toThrow(/WEB_SESSION_SECRET must be set/);
+    expect(() => loadConfig("web", { ...base, WEB_SESSION_SECRET: "short" })).toThrow(/WEB_SESSION_SECRET must be at least 32 characters/);
+    expect(() => loadConfig("web", { WEB_SESSION_SECRET: "w".repeat(32) })).toThrow(/AUTH_JWT_SECRET or AUTH_JWKS_URL must be set$/m);
+  });
+
   test("ports out of range and bad prefixes are refused", () => {
     expect(() => loadConfig("ingest", { ...base, HTTP_PORT: "70000" })).toThrow(/HTTP_PORT must be between 0 and 65535/);
     expect(() => loadConfig("ingest", { ...base, NATS_PREFIX: "Bad.Prefix" })).toThrow(/NATS_PREFIX/);

@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import type { Subprocess } from "bun";
 import postgres from "postgres";
 import { mintToken, type Role } from "../auth.ts";
-import type { ServiceName } from "../config.ts";
+import type { ProcessName } from "../config.ts";
 import { readLines } from "../lines.ts";
 
 /** Postgres server the tests create their databases on. */
@@ -65,6 +65,7 @@ export function testToken(subject: string, roles: Role[], email?: string): Promi
 
 export interface ServiceProcess {
   service: string;
+  /** host:port of its gRPC server; empty for a process without one (the web dashboard). */
   grpcAddress: string;
   httpUrl: string;
   process: Subprocess<"ignore", "pipe", "pipe">;
@@ -88,7 +89,7 @@ export interface StartServiceOptions {
  * Starts `bun run <entry>` on free ports (GRPC_PORT=0, HTTP_PORT=0) and resolves once the service
  * logs that it is ready, with its addresses.
  */
-export async function startServiceProcess(service: ServiceName | string, options: StartServiceOptions): Promise<ServiceProcess> {
+export async function startServiceProcess(service: ProcessName | string, options: StartServiceOptions): Promise<ServiceProcess> {
   const entry = options.entry ?? `services/${service}/src/main.ts`;
   const child = Bun.spawn(["bun", "run", entry], {
     cwd: REPO_ROOT,
@@ -112,7 +113,7 @@ export async function startServiceProcess(service: ServiceName | string, options
   });
   const logs: Record<string, unknown>[] = [];
   let stderr = "";
-  const ready = new Promise<{ grpcPort: number; httpPort: number }>((resolve, reject) => {
+  const ready = new Promise<{ grpcPort?: number; httpPort: number }>((resolve, reject) => {
     const timer = setTimeout(
       () => reject(new Error(`${service} did not become ready in ${options.timeoutMs ?? 30000} ms\n${stderr}\n${JSON.stringify(logs.slice(-20))}`)),
       options.timeoutMs ?? 30_000,
@@ -122,9 +123,11 @@ export async function startServiceProcess(service: ServiceName | string, options
         try {
           const entry = JSON.parse(line) as Record<string, unknown>;
           logs.push(entry);
-          if (typeof entry.grpcPort === "number" && typeof entry.httpPort === "number") {
+          // Every service logs "<service> ready" with its ports; one without gRPC has only httpPort.
+          const isReadyLine = typeof entry.grpcPort === "number" || (typeof entry.msg === "string" && entry.msg.endsWith(" ready"));
+          if (isReadyLine && typeof entry.httpPort === "number") {
             clearTimeout(timer);
-            resolve({ grpcPort: entry.grpcPort, httpPort: entry.httpPort });
+            resolve({ grpcPort: typeof entry.grpcPort === "number" ? entry.grpcPort : undefined, httpPort: entry.httpPort });
           }
         } catch {
           logs.push({ raw: line });
@@ -142,7 +145,7 @@ export async function startServiceProcess(service: ServiceName | string, options
   const { grpcPort, httpPort } = await ready;
   return {
     service,
-    grpcAddress: `127.0.0.1:${grpcPort}`,
+    grpcAddress: grpcPort === undefined ? "" : `127.0.0.1:${grpcPort}`,
     httpUrl: `http://127.0.0.1:${httpPort}`,
     process: child,
     logs,

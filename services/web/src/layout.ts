@@ -1,0 +1,56 @@
+/** The one page layout: header with role-aware navigation, main content, scripts. */
+import type { Principal } from "@coursemesh/shared/auth.ts";
+import { html, type Html } from "./html.ts";
+import { areasFor, type Area } from "./roles.ts";
+import { CSRF_FIELD } from "./session.ts";
+
+const AREA_LABELS: Record<Area, string> = { monitors: "Monitors", courses: "Courses", enrollment: "Enrollment", uploads: "Uploads" };
+
+/** Asset URLs carry a version so they can be cached for a long time. */
+export const ASSET_VERSION = String(Date.now().toString(36));
+
+export interface PageOptions {
+  title: string;
+  /** The signed-in user; absent on the sign-in page. */
+  principal?: Principal;
+  csrf?: string;
+  current?: Area;
+  body: Html;
+}
+
+/** A whole page. */
+export function page(options: PageOptions): Html {
+  const { principal } = options;
+  return html`<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>${options.title} · coursemesh</title>
+<link rel="stylesheet" href="/static/app.css?v=${ASSET_VERSION}">
+<script src="/static/app.js?v=${ASSET_VERSION}" defer></script>
+</head>
+<body${options.csrf ? html` data-csrf="${options.csrf}"` : ""}>
+<a class="skip" href="#main">Skip to content</a>
+<header class="top">
+  <a class="brand" href="/">coursemesh</a>
+  ${
+    principal
+      ? html`<nav aria-label="Main"><ul>${areasFor(principal).map(
+          (area) => html`<li><a href="/${area}"${options.current === area ? html` aria-current="page"` : ""}>${AREA_LABELS[area]}</a></li>`,
+        )}</ul></nav>
+  <form class="signout" method="post" action="/signout">
+    <input type="hidden" name="${CSRF_FIELD}" value="${options.csrf ?? ""}">
+    <span class="who">${principal.subject} <small>(${principal.roles.join(", ") || "no roles"})</small></span>
+    <button type="submit" class="link">Sign out</button>
+  </form>`
+      : ""
+  }
+</header>
+<main id="main" tabindex="-1">
+${options.body}
+</main>
+</body>
+</html>
+`;
+}

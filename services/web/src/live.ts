@@ -1,0 +1,121 @@
+/**
+ * Server-sent event streams to browsers. Each stream is bounded per user, sends a heartbeat comment
+ * so proxies and the server's idle timeout keep it open, and ends its source (a gRPC stream or a
+ * poll) when the browser goes away or the process shuts down.
+ */
+import type { Logger } from "@coursemesh/shared/logger.ts";
+
+/** Streams one user may hold open at once (tabs × pages); more get 429. */
+export const MAX_STREAMS_PER_USER = 8;
+const HEARTBEAT_MS = 15_000;
+
+export interface LiveSink {
+  /** Sends one event; `data` is JSON-encoded. */
+  send(event: string, data: unknown): void;
+  /** Ends the stream (the browser reconnects by itself unless told the stream is over). */
+  close(): void;
+  /** Aborted when the browser disconnects or the stream is closed. */
+  signal: AbortSignal;
+}
+
+export interface LiveStreams {
+  /**
+   * Opens an SSE response for `user`; `start` wires the source to the sink and returns a cleanup.
+   * Returns 429 when the user has too many streams open.
+   */
+  open(user: string, start: (sink: LiveSink) => (() => void) | void | Promise<(() => void) | void>): Response;
+  /** Streams open now. */
+  count(): number;
+  /** Ends every stream (shutdown). */
+  closeAll(): void;
+}
+
+const encoder = new TextEncoder();
+
+/** The SSE registry of one process. */
+export function createLiveStreams(logger: Logger): LiveStreams {
+  const perUser = new Map<string, number>();
+  const open = new Set<() => void>();
+
+  return {
+    open(user, start) {
+      if ((perUser.get(user) ?? 0) >= MAX_STREAMS_PER_USER) {
+        return Response.json({ error: `at most ${MAX_STREAMS_PER_USER} live views at once; close another tab` }, { status: 429, headers: { "retry-after": "10" } });
+      }
+      perUser.set(user, (perUser.get(user) ?? 0) + 1);
+      const aborter = new AbortController();
+      let cleanup: (() => void) | void = undefined;
+      let heartbeat: ReturnType<typeof setInterval> | undefined;
+      let controllerRef: ReadableStreamDefaultController<Uint8Array> | undefined;
+      let closed = false;
+
+      const finish = () => {
+        if (closed) return;
+        closed = true;
+        open.delete(finish);
+        clearInterval(heartbeat);
+        aborter.abort();
+        const left = (perUser.get(user) ?? 1) - 1;
+        if (left <= 0) perUser.delete(user);
+        else perUser.set(user, left);
+        try {
+          cleanup?.();
+        } catch (error) {
+          logger.warn({ err: error }, "live stream cleanup failed");
+        }
+        try {
+          controllerRef?.close();
+        } catch {
+          // already closed by the client
+        }
+      };
+      open.add(finish);
+
+      const write = (text: string) => {
+        if (closed) return;
+        try {
+          controllerRef?.enqueue(encoder.encode(text));
+        } catch {
+          finish();
+        }
+      };
+      const sink: LiveSink = {
+        send(event, data) {
+          write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+        },
+        close: finish,
+        signal: aborter.signal,
+      };
+
+      const body = new ReadableStream<Uint8Array>({
+        async start(controller) {
+          controllerRef = controller;
+          // Reconnect after 3 s when the stream drops (e.g. a replica shut down).
+          write(`retry: 3000\n: connected\n\n`);
+          heartbeat = setInterval(() => write(`: heartbeat\n\n`), HEARTBEAT_MS);
+          try {
+            const done = await start(sink);
+            if (closed) done?.();
+            else cleanup = done;
+          } catch (error) {
+            logger.warn({ err: error }, "live stream failed to start");
+            sink.send("failure", { message: "live updates are unavailable; retrying" });
+            finish();
+          }
+        },
+        cancel() {
+          finish();
+        },
+      });
+      return new Response(body, {
+        headers: { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-store", "x-accel-buffering": "no" },
+      });
+    },
+    count() {
+      return open.size;
+    },
+    closeAll() {
+      for (const finish of [...open]) finish();
+    },
+  };
+}

@@ -1,0 +1,35 @@
+/**
+ * The web dashboard: serves pages to browsers and calls the four services over gRPC with the
+ * signed-in user's token. No database, no NATS, no gRPC server. Wiring only.
+ */
+import { required } from "@coursemesh/shared/config.ts";
+import { runHttpService } from "@coursemesh/shared/service.ts";
+import { createWebApp } from "./app.ts";
+import { createBackends } from "./backends.ts";
+import { createLiveStreams } from "./live.ts";
+import { webRoutes } from "./routes.ts";
+
+await runHttpService({
+  service: "web",
+  httpOnly: true,
+  async setup({ config, logger, authenticator, shutdown }) {
+    const backends = createBackends(config);
+    const live = createLiveStreams(logger);
+    // SSE streams end at once so browsers reconnect to another replica; then requests in flight finish.
+    shutdown.on("stop-intake", "live-streams", () => live.closeAll());
+    shutdown.on("flush-telemetry", "grpc-clients", () => backends.close());
+    const maxUploadBytes = config.WEB_MAX_UPLOAD_BYTES!;
+    return {
+      handleHttp: createWebApp({
+        authenticator,
+        sessionSecret: required(config, "WEB_SESSION_SECRET"),
+        cookieSecure: Boolean(config.WEB_COOKIE_SECURE),
+        logger,
+        routes: webRoutes({ backends, live, logger, maxUploadBytes }),
+      }),
+      maxRequestBodySize: maxUploadBytes + 64 * 1024,
+      // Live streams send a heartbeat every 15 s, inside this.
+      idleTimeoutSeconds: 60,
+    };
+  },
+});
