@@ -1,14 +1,14 @@
 /**
  * deploy/Dockerfile, read with dockerfile-ast (no Docker engine here): the Bun base image is the
- * version package.json pins, each service's target runs as a non-root user with production
- * dependencies only, everything it copies and runs exists in the repo, and the scraper's image
- * brings Debian's Chromium and fonts.
+ * version package.json pins, each service's (and the dashboard's) target runs as a non-root user
+ * with production dependencies only, everything it copies and runs exists in the repo, and the
+ * scraper's image brings Debian's Chromium and fonts.
  */
 import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { DockerfileParser, type Copy, type Instruction } from "dockerfile-ast";
-import { readsVariable, SERVICE_NAMES, type ConfigName } from "../../services/shared/src/config.ts";
+import { PROCESS_NAMES, readsVariable, SERVICE_NAMES, type ConfigName, type ProcessName } from "../../services/shared/src/config.ts";
 import { envReadBy, isPinnedImage, render, REPO_ROOT, workloads } from "./support.ts";
 
 interface Stage {
@@ -26,7 +26,9 @@ const rootPackage = JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "ut
   dependencies: Record<string, string>;
   devDependencies: Record<string, string>;
 };
-const TARGETS = [...SERVICE_NAMES, "demo-registrar"] as const;
+const TARGETS = [...PROCESS_NAMES, "demo-registrar"] as const;
+/** Targets that own a database schema, so carry their migrations. */
+const hasMigrations = (target: string) => (SERVICE_NAMES as readonly string[]).includes(target);
 /** Runtime settings of Bun and Node themselves, not coursemesh configuration. */
 const RUNTIME_ENV = new Set(["NODE_ENV", "BUN_RUNTIME_TRANSPILER_CACHE_PATH"]);
 
@@ -147,17 +149,25 @@ describe.each(TARGETS)("target %s", (target) => {
     const copied = contextSources(path());
     expect(of(path(), "COPY").some((copy) => isFromStage(copy) && argumentsOf(copy).includes("/app/node_modules"))).toBe(true);
     for (const needed of ["tsconfig.json", "proto/gen", "services/shared/src", "services/shared/migrations"]) expect(copied).toContain(needed);
-    if (target !== "demo-registrar") for (const needed of ["src", "migrations"]) expect(copied).toContain(`services/${target}/${needed}`);
+    if (target !== "demo-registrar") expect(copied).toContain(`services/${target}/src`);
+    if (hasMigrations(target)) expect(copied).toContain(`services/${target}/migrations`);
   });
 
   test("sets only environment the program reads (or the runtime's own)", () => {
     const reads = target === "demo-registrar" ? envReadBy("services/scraper/src/demo/registrar.ts") : undefined;
     for (const name of envOf(path()).keys()) {
       if (RUNTIME_ENV.has(name)) continue;
-      const read = reads ? reads.has(name) : readsVariable(target as (typeof SERVICE_NAMES)[number], name as ConfigName);
+      const read = reads ? reads.has(name) : readsVariable(target as ProcessName, name as ConfigName);
       expect({ name, read }).toEqual({ name, read: true });
     }
   });
+});
+
+test("only the scraper's image carries a browser: the dashboard's is the platform and its own code", () => {
+  const web = chain("web");
+  expect(web.map((stage) => stage.name)).toEqual(["base", "platform", "web"]);
+  expect(of(web, "RUN")).toEqual([]);
+  expect(contextSources(web.slice(-1)).sort()).toEqual(["services/web/package.json", "services/web/src"]);
 });
 
 test("the scraper image installs Chromium and fonts from Debian and points SCRAPER_CHROMIUM_PATH at it", () => {
