@@ -1,11 +1,12 @@
 /**
  * k8s/: every overlay renders, every object is valid for the Kubernetes API, every workload is
- * hardened and probed, and every coursemesh service gets exactly the configuration it reads.
+ * hardened and probed, and every coursemesh service and the web dashboard get exactly the
+ * configuration they read.
  */
 import { beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { CONFIG_REGISTRY, loadConfig, SERVICE_NAMES, SERVICE_PORTS, type ServiceName } from "../../services/shared/src/config.ts";
+import { CONFIG_REGISTRY, loadConfig, SERVICE_NAMES, SERVICE_PORTS, type ProcessName, type ServiceName } from "../../services/shared/src/config.ts";
 import {
   baseName,
   containerEnv,
@@ -29,8 +30,12 @@ const HAND_MADE_SECRETS = new Set(["coursemesh-secrets", "grafana"]);
 
 const byKind = (objects: K8sObject[], kind: string) => objects.filter((object) => object.kind === kind);
 const named = (objects: K8sObject[], kind: string, name: string) => objects.find((o) => o.kind === kind && o.metadata.name === name);
+/** The Deployments of the four services and of the web dashboard. */
+const processWorkloads = (objects: K8sObject[]) =>
+  workloads(objects).filter((w) => w.kind === "Deployment" && serviceOf(w) !== undefined) as (Workload & { name: ProcessName })[];
+/** The Deployments of the four services (gRPC, a database, NATS, migrations). */
 const serviceWorkloads = (objects: K8sObject[]) =>
-  workloads(objects).filter((w) => w.kind === "Deployment" && serviceOf(w) !== undefined) as (Workload & { name: ServiceName })[];
+  processWorkloads(objects).filter((w) => (SERVICE_NAMES as readonly string[]).includes(w.name)) as (Workload & { name: ServiceName })[];
 const selects = (selector: Record<string, string> | undefined, labels: Record<string, string>) =>
   selector !== undefined && Object.entries(selector).every(([key, value]) => labels[key] === value);
 const allContainers = (w: Workload): Container[] => [...(w.pod.initContainers ?? []), ...w.pod.containers];
@@ -129,8 +134,8 @@ describe.each(OVERLAYS)("%s", (overlay) => {
     }
   });
 
-  test("each service has a writable /tmp, and the scraper a memory-backed /dev/shm for Chromium", () => {
-    for (const w of serviceWorkloads(objects())) {
+  test("each service and the dashboard have a writable /tmp, and the scraper a memory-backed /dev/shm for Chromium", () => {
+    for (const w of processWorkloads(objects())) {
       const mounts = new Map((w.pod.containers[0]!.volumeMounts ?? []).map((m) => [m.mountPath, m.name]));
       const volume = (path: string) => w.pod.volumes?.find((v) => v.name === mounts.get(path));
       expect(volume("/tmp")?.emptyDir).toBeDefined();
@@ -139,11 +144,48 @@ describe.each(OVERLAYS)("%s", (overlay) => {
   });
 
   test("terminationGracePeriodSeconds outlasts SHUTDOWN_TIMEOUT_MS with room to spare", () => {
-    for (const w of serviceWorkloads(objects())) {
+    for (const w of processWorkloads(objects())) {
       const env = containerEnv(w.pod.containers[0]!, objects());
       const shutdownMs = Number(env.get("SHUTDOWN_TIMEOUT_MS")?.value ?? CONFIG_REGISTRY.SHUTDOWN_TIMEOUT_MS.default(w.name));
       expect((w.pod.terminationGracePeriodSeconds ?? 30) * 1000).toBeGreaterThanOrEqual(shutdownMs + 5000);
     }
+  });
+
+  test("the web dashboard: HTTP probes on its one port, Services for people and for Prometheus, its ServiceAccount, PDB and spread", () => {
+    const all = objects();
+    const web = processWorkloads(all).find((w) => w.name === "web");
+    expect(web).toBeDefined();
+    const container = web!.pod.containers[0]!;
+    const port = SERVICE_PORTS.web.http;
+    expect(container.image).toMatch(/^coursemesh\/web:/);
+    expect(container.ports).toEqual([{ name: "http", containerPort: port }]);
+    const probeTarget = (probe: keyof Pick<Container, "startupProbe" | "readinessProbe" | "livenessProbe">) => {
+      const get = container[probe]?.httpGet;
+      const resolved = typeof get?.port === "string" ? container.ports?.find((p) => p.name === get.port)?.containerPort : get?.port;
+      return `${resolved}${get?.path}`;
+    };
+    // Alive while the process answers; ready only until a shutdown begins (tests/deploy/web.test.ts
+    // checks these paths on the running dashboard).
+    expect(probeTarget("startupProbe")).toBe(`${port}/healthz`);
+    expect(probeTarget("livenessProbe")).toBe(`${port}/healthz`);
+    expect(probeTarget("readinessProbe")).toBe(`${port}/readyz`);
+
+    for (const name of ["web", "web-pods"]) {
+      const service = named(all, "Service", name) as { spec: { clusterIP?: string; selector: Record<string, string>; ports: { name: string; port: number; targetPort: string }[] } } & K8sObject;
+      expect(service.spec.ports.map(({ name, port, targetPort }) => ({ name, port, targetPort }))).toEqual([{ name: "http", port, targetPort: "http" }]);
+      expect(selects(service.spec.selector, web!.podLabels)).toBe(true);
+      if (name === "web-pods") expect(service.spec.clusterIP).toBe("None");
+    }
+    expect(web!.pod.serviceAccountName).toBe("web");
+    expect(named(all, "ServiceAccount", "web")).toBeDefined();
+    const budgets = byKind(all, "PodDisruptionBudget").filter((pdb) =>
+      selects((pdb.spec as { selector: { matchLabels: Record<string, string> } }).selector.matchLabels, web!.podLabels),
+    );
+    expect(budgets.length).toBe(1);
+    expect((web!.pod.topologySpreadConstraints ?? []).map((s) => s.topologyKey).sort()).toEqual(["kubernetes.io/hostname", "topology.kubernetes.io/zone"]);
+    // No database, so no migrations, and not labelled as a service: the Postgres and NATS policies pass it by.
+    expect(workloads(all).some((w) => w.name === "web-migrate")).toBe(false);
+    expect(web!.podLabels["app.kubernetes.io/component"]).toBe("frontend");
   });
 
   test("each service has a migration Job: same image, --migrate-only, same configuration", () => {
@@ -252,6 +294,7 @@ describe("dev overlay", () => {
         "Deployment/prometheus",
         "Deployment/scraper",
         "Deployment/tempo",
+        "Deployment/web",
         "StatefulSet/nats",
         "StatefulSet/postgres",
       ].sort(),
@@ -289,12 +332,12 @@ describe("prod overlay", () => {
     expect(byKind(objects(), "Secret")).toEqual([]);
   });
 
-  test("every service runs at least two replicas; the scraper, allocator and ingest autoscale", () => {
+  test("every service and the dashboard run at least two replicas; the scraper, allocator and ingest autoscale", () => {
     const autoscalers = byKind(objects(), "HorizontalPodAutoscaler") as (K8sObject & {
       spec: { scaleTargetRef: { kind: string; name: string }; minReplicas: number; maxReplicas: number };
     })[];
     expect(autoscalers.map((hpa) => hpa.spec.scaleTargetRef.name).sort()).toEqual(["allocator", "ingest", "scraper"]);
-    for (const w of serviceWorkloads(objects())) {
+    for (const w of processWorkloads(objects())) {
       const hpa = autoscalers.find((a) => a.spec.scaleTargetRef.kind === "Deployment" && a.spec.scaleTargetRef.name === w.name);
       if (hpa) {
         expect(hpa.spec.minReplicas).toBeGreaterThanOrEqual(2);
@@ -304,6 +347,25 @@ describe("prod overlay", () => {
       } else {
         expect(w.replicas ?? 1).toBeGreaterThanOrEqual(2);
       }
+    }
+  });
+
+  test("the dashboard is served over https only: a Secure cookie, and an Ingress with TLS in front of the web Service", () => {
+    const all = objects();
+    const web = processWorkloads(all).find((w) => w.name === "web")!;
+    expect(containerEnv(web.pod.containers[0]!, all).get("WEB_COOKIE_SECURE")?.value).toBe("true");
+    const ingresses = byKind(all, "Ingress") as (K8sObject & {
+      spec: {
+        tls?: { hosts?: string[]; secretName?: string }[];
+        rules: { host?: string; http: { paths: { path: string; backend: { service: { name: string; port: { name?: string; number?: number } } } }[] } }[];
+      };
+    })[];
+    expect(ingresses.map((i) => i.metadata.name)).toEqual(["web"]);
+    const [ingress] = ingresses;
+    const tlsHosts = (ingress!.spec.tls ?? []).flatMap((entry) => (entry.secretName ? entry.hosts ?? [] : []));
+    for (const rule of ingress!.spec.rules) {
+      expect(tlsHosts).toContain(rule.host!);
+      for (const path of rule.http.paths) expect(path.backend.service).toEqual({ name: "web", port: { name: "http" } });
     }
   });
 

@@ -68,6 +68,13 @@ function designEdges(pods: Peer[], overlay: "dev" | "prod"): string[] {
   }
   // scraper → notifier (Subscribe).
   add("scraper", "notifier", SERVICE_PORTS.notifier.grpc);
+  // The web dashboard: people open it (through the platform's ingress, from anywhere) and
+  // Prometheus scrapes it on its one port; it calls every service's API and sends its traces.
+  // No database and no NATS.
+  for (const service of SERVICE_NAMES) add("web", service, SERVICE_PORTS[service].grpc);
+  add("web", "otel-collector", 4318);
+  add("prometheus", "web", SERVICE_PORTS.web.http);
+  for (const internet of ["internet", "internet-v6"]) add(internet, "web", SERVICE_PORTS.web.http);
   // JetStream cluster routes; traces and span metrics; Grafana reads both and is opened by people.
   add("nats", "nats", 6222);
   add("otel-collector", "tempo", 4317);

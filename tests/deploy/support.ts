@@ -9,10 +9,10 @@ import * as k8sModels from "@kubernetes/client-node";
 import { parseAllDocuments, parse as parseYaml } from "yaml";
 import {
   CONFIG_REGISTRY,
+  PROCESS_NAMES,
   readsVariable,
-  SERVICE_NAMES,
   type ConfigName,
-  type ServiceName,
+  type ProcessName,
 } from "../../services/shared/src/config.ts";
 
 export const REPO_ROOT = new URL("../../", import.meta.url).pathname;
@@ -198,12 +198,12 @@ export function workloads(objects: K8sObject[]): Workload[] {
     });
 }
 
-/** The coursemesh service a workload runs, if it is one of the four (or its migration Job). */
-export function serviceOf(workload: Workload): ServiceName | undefined {
+/** The coursemesh process a workload runs: one of the four services (or its migration Job), or the web dashboard. */
+export function serviceOf(workload: Workload): ProcessName | undefined {
   const component = workload.podLabels["app.kubernetes.io/component"];
-  if (component !== "service" && component !== "migration") return undefined;
+  if (component !== "service" && component !== "migration" && component !== "frontend") return undefined;
   const name = workload.podLabels["app.kubernetes.io/name"]?.replace(/-migrate$/, "");
-  return (SERVICE_NAMES as readonly string[]).includes(name ?? "") ? (name as ServiceName) : undefined;
+  return (PROCESS_NAMES as readonly string[]).includes(name ?? "") ? (name as ProcessName) : undefined;
 }
 
 /** Strips kustomize's content hash from a generated ConfigMap or Secret name. */
@@ -265,19 +265,20 @@ export function containerEnv(container: Container, objects: K8sObject[]): Map<st
 const LOOPBACK_DEFAULT = /(127\.0\.0\.1|localhost|\[::1\])/;
 
 /**
- * Variables a deployed `service` must set: the database, NATS and the collector, and every variable
- * whose default names the developer's own machine (another service's address, the local mail
- * catcher, the local public URL, a From address at coursemesh.localhost), which means nothing in a
- * container.
+ * Variables a deployed `service` must set: the database, NATS and the collector (those of them it
+ * reads), and every variable whose default names the developer's own machine (another service's
+ * address, the local mail catcher, the local public URL, a From address at coursemesh.localhost),
+ * which means nothing in a container.
  */
-export function requiredInDeployment(service: ServiceName): ConfigName[] {
+export function requiredInDeployment(service: ProcessName): ConfigName[] {
   const names = Object.keys(CONFIG_REGISTRY) as ConfigName[];
-  const loopbackDefaults = names.filter((name) => readsVariable(service, name) && LOOPBACK_DEFAULT.test(CONFIG_REGISTRY[name].default(service) ?? ""));
-  return [...new Set<ConfigName>(["DATABASE_URL", "NATS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT", ...loopbackDefaults])];
+  const loopbackDefaults = names.filter((name) => LOOPBACK_DEFAULT.test(CONFIG_REGISTRY[name].default(service) ?? ""));
+  const backing: ConfigName[] = ["DATABASE_URL", "NATS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+  return [...new Set<ConfigName>([...backing, ...loopbackDefaults])].filter((name) => readsVariable(service, name));
 }
 
 /** Problems of the environment a deployed service gets, against the configuration registry. */
-export function registryProblems(service: ServiceName, env: Map<string, { source?: EnvSource; value: string | undefined }>): string[] {
+export function registryProblems(service: ProcessName, env: Map<string, { source?: EnvSource; value: string | undefined }>): string[] {
   const problems: string[] = [];
   for (const [name, entry] of env) {
     if (!(name in CONFIG_REGISTRY)) {
