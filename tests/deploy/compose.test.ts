@@ -1,13 +1,14 @@
 /**
  * deploy/compose.yaml: valid against the Compose Specification's JSON schema, every coursemesh
- * service configured exactly as the configuration registry expects, images pinned, files it mounts
- * and builds from present in the repo, and a start-up order that waits for what each needs.
+ * service and the web dashboard configured exactly as the configuration registry expects, images
+ * pinned, files it mounts and builds from present in the repo, and a start-up order that waits for
+ * what each needs.
  */
 import { describe, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import Ajv2019 from "ajv/dist/2019";
-import { loadConfig, SERVICE_NAMES, SERVICE_PORTS, type ServiceName } from "../../services/shared/src/config.ts";
+import { loadConfig, SERVICE_NAMES, SERVICE_PORTS, type ProcessName, type ServiceName } from "../../services/shared/src/config.ts";
 import { envReadBy, isPinnedImage, readYaml, registryProblems, REPO_ROOT } from "./support.ts";
 
 interface ComposeService {
@@ -32,6 +33,17 @@ const COMPOSE_PATH = "deploy/compose.yaml";
 const COMPOSE_DIR = join(REPO_ROOT, "deploy");
 const compose = readYaml<ComposeFile>(COMPOSE_PATH);
 const coursemeshServices = SERVICE_NAMES.map((name) => [name, compose.services[name]!] as const);
+
+/** A service's environment as the container gets it (with an empty shell). */
+const environmentOf = (service: ComposeService) =>
+  new Map(Object.entries(service.environment ?? {}).map(([key, value]) => [key, { value: interpolate(String(value ?? "")) }] as const));
+
+/** What a process of the stack is given, against the configuration registry, and whether it would start with it. */
+function expectStartsWith(name: ProcessName, service: ComposeService): void {
+  const env = environmentOf(service);
+  expect(registryProblems(name, env)).toEqual([]);
+  expect(() => loadConfig(name, Object.fromEntries([...env].map(([key, entry]) => [key, entry.value])))).not.toThrow();
+}
 
 /** Compose's variable interpolation, with an empty shell: `${VAR:-default}` gives the default. */
 function interpolate(value: string): string {
@@ -73,8 +85,8 @@ test("compose.yaml is valid against the Compose Specification schema", () => {
   expect(valid).toBe(true);
 });
 
-test("the stack has the backing services, the observability stack, the four services and the demo registrar", () => {
-  const expected = ["postgres", "nats", "mailpit", "otel-collector", "tempo-init", "tempo", "prometheus", "grafana", ...SERVICE_NAMES, "demo-registrar"];
+test("the stack has the backing services, the observability stack, the four services, the dashboard and the demo registrar", () => {
+  const expected = ["postgres", "nats", "mailpit", "otel-collector", "tempo-init", "tempo", "prometheus", "grafana", ...SERVICE_NAMES, "web", "demo-registrar"];
   expect(Object.keys(compose.services).sort()).toEqual(expected.sort());
 });
 
@@ -103,12 +115,8 @@ test("every file the stack mounts exists in the repo", () => {
 });
 
 describe.each(coursemeshServices)("%s", (name, service) => {
-  const env = () =>
-    new Map(Object.entries(service.environment ?? {}).map(([key, value]) => [key, { value: interpolate(String(value ?? "")) }] as const));
-
   test("its environment matches the configuration registry, and the service would start with it", () => {
-    expect(registryProblems(name as ServiceName, env())).toEqual([]);
-    expect(() => loadConfig(name as ServiceName, Object.fromEntries([...env()].map(([key, entry]) => [key, entry.value])))).not.toThrow();
+    expectStartsWith(name as ServiceName, service);
   });
 
   test("it publishes its local ports on 127.0.0.1 only, runs read-only and has a health check", () => {
@@ -133,6 +141,33 @@ test("the scraper has shared memory for Chromium, waits for the notifier it call
   expect(scraper.environment?.NOTIFIER_ADDR).toBe(`notifier:${SERVICE_PORTS.notifier.grpc}`);
   const registrarPort = String(compose.services["demo-registrar"]!.environment?.DEMO_REGISTRAR_PORT);
   expect(scraper.environment?.SCRAPER_ALLOWED_HOSTS).toBe(`demo-registrar:${registrarPort}`);
+});
+
+describe("web", () => {
+  const web = compose.services.web!;
+
+  test("its environment matches the configuration registry (no database, no NATS), and the dashboard would start with it", () => {
+    expectStartsWith("web", web);
+  });
+
+  test("it calls each service at its compose name and gRPC port, and starts once all four are healthy", () => {
+    for (const service of SERVICE_NAMES) {
+      expect(web.environment?.[`${service.toUpperCase()}_ADDR`]).toBe(`${service}:${SERVICE_PORTS[service].grpc}`);
+      expect(web.depends_on?.[service]?.condition).toBe("service_healthy");
+    }
+    expect(web.depends_on?.["otel-collector"]?.condition).toBe("service_started");
+  });
+
+  test("it publishes the dashboard on 127.0.0.1, runs read-only, is health-checked on /healthz and scraped as web-pods", () => {
+    const { http } = SERVICE_PORTS.web;
+    expect(web.ports).toEqual([`127.0.0.1:${http}:${http}`]);
+    expect(web.read_only).toBe(true);
+    expect(web.tmpfs).toContain("/tmp");
+    expect(JSON.stringify(web.healthcheck?.test)).toContain(`127.0.0.1:${http}/healthz`);
+    expect(web.networks?.default?.aliases).toContain("web-pods");
+    // Plain http on a laptop: a Secure cookie would never come back.
+    expect(environmentOf(web).get("WEB_COOKIE_SECURE")?.value).toBe("false");
+  });
 });
 
 test("the demo registrar sets only what it reads, and every published port is bound to 127.0.0.1", () => {

@@ -12,7 +12,7 @@ import { Objm } from "@nats-io/obj";
 import { connect } from "@nats-io/transport-node";
 import { parser } from "@prometheus-io/lezer-promql";
 import { deleteStreams } from "../../services/shared/src/events/index.ts";
-import { SERVICE_NAMES, SERVICE_PORTS } from "../../services/shared/src/config.ts";
+import { PROCESS_NAMES, SERVICE_NAMES, SERVICE_PORTS } from "../../services/shared/src/config.ts";
 import {
   createTestDatabase,
   startServiceProcess,
@@ -246,12 +246,14 @@ describe("traces: services → collector → Tempo", () => {
     for (const name of collector.service.extensions ?? []) expect(collector.extensions ?? {}).toHaveProperty([name]);
   });
 
-  test("the services send OTLP/HTTP to the collector's HTTP receiver, in compose and Kubernetes", () => {
+  test("the services and the dashboard send OTLP/HTTP to the collector's HTTP receiver, in compose and Kubernetes", () => {
     const receiverPort = Number(collector.receivers.otlp!.protocols!.http!.endpoint.split(":").at(-1));
-    for (const service of SERVICE_NAMES) expect(compose.services[service]!.environment?.OTEL_EXPORTER_OTLP_ENDPOINT).toBe(`http://otel-collector:${receiverPort}`);
+    for (const service of PROCESS_NAMES) expect(compose.services[service]!.environment?.OTEL_EXPORTER_OTLP_ENDPOINT).toBe(`http://otel-collector:${receiverPort}`);
     for (const objects of k8sOverlays()) {
       expect(k8sService(objects, "otel-collector")!.spec.ports.map((p) => p.port)).toContain(receiverPort);
-      for (const w of workloads(objects).filter((w) => w.podLabels["app.kubernetes.io/component"] === "service")) {
+      const traced = workloads(objects).filter((w) => ["service", "frontend"].includes(w.podLabels["app.kubernetes.io/component"] ?? ""));
+      expect(traced.map((w) => w.name).sort()).toEqual([...PROCESS_NAMES].sort());
+      for (const w of traced) {
         expect(containerEnv(w.pod.containers[0]!, objects).get("OTEL_EXPORTER_OTLP_ENDPOINT")?.value).toBe(`http://otel-collector:${receiverPort}`);
       }
     }
@@ -273,9 +275,9 @@ describe("traces: services → collector → Tempo", () => {
 });
 
 describe("metrics: Prometheus scrapes every replica; Tempo writes span metrics in", () => {
-  test("each service is discovered through a <service>-pods name on its HTTP port, in compose and Kubernetes", () => {
+  test("each service and the dashboard are discovered through a <service>-pods name on their HTTP port, in compose and Kubernetes", () => {
     const discovered = prometheus.scrape_configs.flatMap((job) => job.dns_sd_configs ?? []);
-    for (const service of SERVICE_NAMES) {
+    for (const service of PROCESS_NAMES) {
       const name = `${service}-pods`;
       const config = discovered.find((d) => d.names.includes(name));
       expect(config).toMatchObject({ type: "A", port: SERVICE_PORTS[service].http });
