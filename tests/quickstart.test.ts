@@ -1,9 +1,11 @@
 /**
  * The README's Quick start, run as a newcomer would: `bun run dev --once` with no DATABASE_URL and no
- * NATS_URL brings up an embedded Postgres and nats-server from the PATH, starts what exists, runs the
- * main job, prints dev tokens, and stops everything. Worth its ~15 s: it is the first thing people try.
+ * NATS_URL brings up an embedded Postgres and nats-server from the PATH, starts what exists and the
+ * web dashboard, runs the main job, checks the dashboard answers, prints dev tokens and where to
+ * sign in, and stops everything. Worth its ~15 s: it is the first thing people try.
  */
 import { expect, test } from "bun:test";
+import { SERVICE_PORTS } from "../services/shared/src/config.ts";
 import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -38,8 +40,15 @@ test("bun run dev --once brings the system up from nothing and shuts it down", a
     expect(stdout).toContain(`embedded Postgres on 127.0.0.1:${env.DEV_POSTGRES_PORT}`);
     expect(stdout).toContain(`nats-server (JetStream) on nats://127.0.0.1:${env.DEV_NATS_PORT}`);
     expect(stdout).toMatch(/registrar +eyJ[\w-]+\.[\w-]+\.[\w-]+/);
+    // The dashboard came up after the services, answered, and the summary says where to sign in.
+    const dashboard = `http://127.0.0.1:${SERVICE_PORTS.web.http}`;
+    expect(stdout).toContain(`web ready: dashboard ${dashboard}`);
+    expect(stdout).toMatch(new RegExp(`dashboard answers: /healthz ok, sign-in page at ${dashboard}/\\S*; a registrar's dev token signs in \\(to ${dashboard}/\\S*\\)`));
+    expect(stdout).toContain(`open ${dashboard} and sign in`);
+    expect(stdout).toContain("bun run token --role registrar --sub alice");
+    expect(stdout.indexOf("web ready")).toBeGreaterThan(stdout.lastIndexOf("ingest ready"));
     // Everything it started is gone: the ports are free again.
-    for (const port of [env.DEV_POSTGRES_PORT, env.DEV_NATS_PORT]) {
+    for (const port of [env.DEV_POSTGRES_PORT, env.DEV_NATS_PORT, String(SERVICE_PORTS.web.http)]) {
       const open = await Bun.connect({ hostname: "127.0.0.1", port: Number(port), socket: { data() {} } }).then(
         (s) => (s.end(), true),
         () => false,

@@ -3,7 +3,9 @@
  * - Postgres: DATABASE_URL if given, else an embedded Postgres kept in .dev/postgres.
  * - NATS: NATS_URL if given, else `nats-server` from the PATH with JetStream, kept in .dev/nats.
  * - Every service that exists, on its local ports, with dev tokens printed.
- * `--once` runs the main job, prints the summary and stops everything (a smoke test of the Quick start).
+ * - The web dashboard once they are up, with a session secret kept in .dev/ like the JWT secret.
+ * `--once` runs the main job, checks the dashboard answers, prints the summary and stops everything
+ * (a smoke test of the Quick start).
  */
 import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -11,9 +13,9 @@ import { parseArgs } from "node:util";
 import type { Subprocess } from "bun";
 import postgres from "postgres";
 import { mintToken } from "../auth.ts";
-import { SERVICE_NAMES, SERVICE_PORTS, type ServiceName } from "../config.ts";
+import { SERVICE_NAMES, SERVICE_PORTS, type ProcessName } from "../config.ts";
 import { readLines } from "../lines.ts";
-import { DEV_DIR, devJwtSecret } from "./secret.ts";
+import { DEV_DIR, devJwtSecret, devSessionSecret } from "./secret.ts";
 
 const REPO_ROOT = new URL("../../../../", import.meta.url).pathname;
 const { values: flags } = parseArgs({ options: { once: { type: "boolean", default: false } } });
@@ -115,7 +117,7 @@ function relayLogs(service: string, stream: ReadableStream<Uint8Array>): void {
   })();
 }
 
-async function startService(service: ServiceName, env: Record<string, string>): Promise<Subprocess> {
+async function startService(service: ProcessName, env: Record<string, string>): Promise<Subprocess> {
   const child = Bun.spawn(["bun", "run", `services/${service}/src/main.ts`], {
     cwd: REPO_ROOT,
     env: { ...process.env, ...env },
@@ -137,6 +139,46 @@ async function startService(service: ServiceName, env: Record<string, string>): 
     await Bun.sleep(200);
   }
   throw new Error(`${service} was not ready within 60 s (${readyz})`);
+}
+
+/** Whether `services/<name>/src/main.ts` exists: `bun run dev` starts what is built. */
+function isBuilt(service: ProcessName): boolean {
+  return existsSync(join(REPO_ROOT, "services", service, "src", "main.ts"));
+}
+
+/**
+ * What a newcomer does first with the dashboard, without a browser: its liveness answers, a visit
+ * to its front page ends on the sign-in page, and pasting a dev token there signs in (so the
+ * dashboard trusts the tokens `bun run token` mints). Throws otherwise.
+ */
+async function checkDashboard(baseUrl: string, token: string): Promise<string> {
+  const timeout = () => AbortSignal.timeout(10_000);
+  const health = await fetch(`${baseUrl}/healthz`, { signal: timeout() });
+  if (!health.ok) throw new Error(`the dashboard's /healthz answered ${health.status}`);
+  const front = await fetch(`${baseUrl}/`, { signal: timeout() });
+  const html = await front.text();
+  const isHtml = (front.headers.get("content-type") ?? "").startsWith("text/html");
+  if (!front.ok || !isHtml || !/<form[\s>]/i.test(html) || !/name="token"/.test(html)) {
+    throw new Error(`the dashboard's front page did not lead to a sign-in form (HTTP ${front.status} at ${front.url})`);
+  }
+  const signIn = await fetch(front.url, {
+    method: "POST",
+    headers: { origin: baseUrl },
+    body: new URLSearchParams({ token }),
+    redirect: "manual",
+    signal: timeout(),
+  });
+  await signIn.arrayBuffer();
+  const session = signIn.headers.getSetCookie().find((cookie) => cookie.startsWith("cm_session="))?.split(";")[0];
+  if (!session) throw new Error(`signing in to the dashboard with a dev token failed (HTTP ${signIn.status})`);
+  // Signed in, the front page sends a person to their first area instead of back to sign-in.
+  const home = await fetch(`${baseUrl}/`, { headers: { cookie: session }, redirect: "manual", signal: timeout() });
+  await home.arrayBuffer();
+  const next = new URL(home.headers.get("location") ?? "/", baseUrl);
+  if (home.status >= 400 || next.pathname === new URL(front.url).pathname) {
+    throw new Error(`the dashboard did not accept the session after signing in (HTTP ${home.status}, to ${next.pathname})`);
+  }
+  return `sign-in page at ${front.url}; a registrar's dev token signs in (to ${next.href})`;
 }
 
 async function stopAll(): Promise<void> {
@@ -163,10 +205,18 @@ async function main(): Promise<number> {
     SCRAPER_ALLOW_PRIVATE_HOSTS: process.env.SCRAPER_ALLOW_PRIVATE_HOSTS ?? "true",
   };
 
-  const services = SERVICE_NAMES.filter((s) => existsSync(join(REPO_ROOT, "services", s, "src", "main.ts")));
+  const services = SERVICE_NAMES.filter(isBuilt);
   for (const service of services) {
     await startService(service, env);
     say(`${service} ready: gRPC 127.0.0.1:${SERVICE_PORTS[service].grpc}, HTTP http://127.0.0.1:${SERVICE_PORTS[service].http}`);
+  }
+
+  // The dashboard calls the services above at their local addresses (the *_ADDR defaults); it has
+  // no database or NATS, so it is given only what it reads.
+  const dashboard = isBuilt("web") ? `http://127.0.0.1:${SERVICE_PORTS.web.http}` : undefined;
+  if (dashboard) {
+    await startService("web", { AUTH_JWT_SECRET: secret, WEB_SESSION_SECRET: devSessionSecret(), LOG_LEVEL: env.LOG_LEVEL });
+    say(`web ready: dashboard ${dashboard}`);
   }
 
   for (const service of services) {
@@ -183,10 +233,15 @@ async function main(): Promise<number> {
   };
   say("dev tokens (12 h; mint more with `bun run token --role <role> --sub <name>`):");
   for (const [role, token] of Object.entries(tokens)) console.log(`  ${role.padEnd(9)} ${token}`);
-  say(services.length ? `services up: ${services.join(", ")}` : "no services are built yet; Postgres and NATS are up");
+  const up = dashboard ? [...services, "web"] : services;
+  say(up.length ? `services up: ${up.join(", ")}` : "no services are built yet; Postgres and NATS are up");
   if (services.length) {
     const first = services[0]!;
     say(`try: grpcurl -plaintext -H "authorization: Bearer <token>" 127.0.0.1:${SERVICE_PORTS[first].grpc} list`);
+  }
+  if (dashboard) {
+    if (flags.once) say(`dashboard answers: /healthz ok, ${await checkDashboard(dashboard, tokens.registrar)}`);
+    say(`dashboard: open ${dashboard} and sign in with a token, e.g. \`bun run token --role registrar --sub alice\` (or one above) pasted into the sign-in page`);
   }
 
   if (flags.once) return 0;
