@@ -11,6 +11,7 @@ import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import type { Subprocess } from "bun";
+import { parseHTML } from "linkedom";
 import postgres from "postgres";
 import { mintToken } from "../auth.ts";
 import { SERVICE_NAMES, SERVICE_PORTS, type ProcessName } from "../config.ts";
@@ -146,6 +147,15 @@ function isBuilt(service: ProcessName): boolean {
   return existsSync(join(REPO_ROOT, "services", service, "src", "main.ts"));
 }
 
+/** The page's form with a `token` field: where it posts and its hidden fields, as a browser would send them. */
+function tokenForm(html: string, pageUrl: string): { action: string; hidden: Record<string, string> } | undefined {
+  const { document } = parseHTML(html);
+  const form = [...document.querySelectorAll("form")].find((candidate) => candidate.querySelector('[name="token"]'));
+  if (!form) return undefined;
+  const hidden = [...form.querySelectorAll('input[type="hidden"][name]')].map((input) => [input.getAttribute("name")!, input.getAttribute("value") ?? ""]);
+  return { action: new URL(form.getAttribute("action") ?? "", pageUrl).href, hidden: Object.fromEntries(hidden) };
+}
+
 /**
  * What a newcomer does first with the dashboard, without a browser: its liveness answers, a visit
  * to its front page ends on the sign-in page, and pasting a dev token there signs in (so the
@@ -158,13 +168,16 @@ async function checkDashboard(baseUrl: string, token: string): Promise<string> {
   const front = await fetch(`${baseUrl}/`, { signal: timeout() });
   const html = await front.text();
   const isHtml = (front.headers.get("content-type") ?? "").startsWith("text/html");
-  if (!front.ok || !isHtml || !/<form[\s>]/i.test(html) || !/name="token"/.test(html)) {
+  const form = tokenForm(html, front.url);
+  if (!front.ok || !isHtml || !form) {
     throw new Error(`the dashboard's front page did not lead to a sign-in form (HTTP ${front.status} at ${front.url})`);
   }
-  const signIn = await fetch(front.url, {
+  // Whatever the page set (a pre-session cookie for a sign-in CSRF token, say) goes back with the form.
+  const cookie = front.headers.getSetCookie().map((entry) => entry.split(";")[0]).join("; ");
+  const signIn = await fetch(form.action, {
     method: "POST",
-    headers: { origin: baseUrl },
-    body: new URLSearchParams({ token }),
+    headers: { origin: baseUrl, ...(cookie ? { cookie } : {}) },
+    body: new URLSearchParams({ ...form.hidden, token }),
     redirect: "manual",
     signal: timeout(),
   });
