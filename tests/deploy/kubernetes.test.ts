@@ -369,6 +369,26 @@ describe("prod overlay", () => {
     }
   });
 
+  test("the README's commands create every key and Secret the overlay refers to", () => {
+    const readme = readFileSync(join(REPO_ROOT, "README.md"), "utf8");
+    const created = new Map<string, Set<string>>();
+    for (const [command, name] of readme.matchAll(/kubectl -n coursemesh create secret (?:generic|tls) ([a-z0-9-]+)(?:[^\n]*\\\n)*[^\n]*/g)) {
+      const keys = [...command.matchAll(/--from-literal=([A-Za-z0-9_.-]+)=/g)].map((m) => m[1]!);
+      if (command.includes("create secret tls")) keys.push("tls.crt", "tls.key");
+      created.set(name!, new Set(keys));
+    }
+    const referenced = new Map<string, Set<string>>();
+    const refer = (name: string, key: string) => referenced.set(name, (referenced.get(name) ?? new Set()).add(key));
+    for (const w of workloads(objects())) {
+      for (const c of allContainers(w)) for (const entry of c.env ?? []) if (entry.valueFrom?.secretKeyRef) refer(entry.valueFrom.secretKeyRef.name!, entry.valueFrom.secretKeyRef.key!);
+    }
+    for (const ingress of byKind(objects(), "Ingress")) {
+      for (const tls of (ingress.spec as { tls?: { secretName?: string }[] }).tls ?? []) if (tls.secretName) for (const key of ["tls.crt", "tls.key"]) refer(tls.secretName, key);
+    }
+    const missing = [...referenced].flatMap(([name, keys]) => [...keys].filter((key) => !created.get(name)?.has(key)).map((key) => `${name}/${key}`));
+    expect(missing).toEqual([]);
+  });
+
   test("NATS runs three JetStream servers and streams keep three copies", () => {
     const nats = workloads(objects()).find((w) => w.name === "nats")!;
     expect(nats.replicas).toBe(3);
