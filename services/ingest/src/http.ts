@@ -8,8 +8,9 @@ import Busboy from "@fastify/busboy";
 import { CourseOutline, Job } from "@coursemesh/proto/coursemesh/ingest/v1/ingest";
 import { authorize, type Authenticator, type Principal } from "@coursemesh/shared/auth.ts";
 import type { Sql } from "@coursemesh/shared/db.ts";
-import { GrpcStatus, invalidArgument, toServiceError, type ServiceError } from "@coursemesh/shared/grpc/errors.ts";
+import { GrpcStatus, httpStatusOf, invalidArgument, toServiceError } from "@coursemesh/shared/grpc/errors.ts";
 import type { Logger } from "@coursemesh/shared/logger.ts";
+import { feedMultipart } from "@coursemesh/shared/multipart.ts";
 import { SpanKind, withSpan } from "@coursemesh/shared/telemetry.ts";
 import type { DocumentStore } from "./document-store.ts";
 import { toProtoJob, toProtoOutline } from "./grpc.ts";
@@ -28,26 +29,6 @@ export interface IngestHttpDeps {
 /** Room for multipart boundaries and form fields on top of the files themselves. */
 export const MULTIPART_OVERHEAD_BYTES = 1024 * 1024;
 
-const HTTP_STATUS: Partial<Record<GrpcStatus, number>> = {
-  [GrpcStatus.INVALID_ARGUMENT]: 400,
-  [GrpcStatus.UNAUTHENTICATED]: 401,
-  [GrpcStatus.PERMISSION_DENIED]: 403,
-  [GrpcStatus.NOT_FOUND]: 404,
-  [GrpcStatus.ALREADY_EXISTS]: 409,
-  [GrpcStatus.FAILED_PRECONDITION]: 409,
-  [GrpcStatus.ABORTED]: 409,
-  [GrpcStatus.RESOURCE_EXHAUSTED]: 429,
-  [GrpcStatus.UNAVAILABLE]: 503,
-  [GrpcStatus.DEADLINE_EXCEEDED]: 504,
-};
-
-/** The HTTP status for a service error: 413 for too large, 415 for not a PDF, else by gRPC code. */
-export function httpStatusOf(error: ServiceError): number {
-  if (error.reason === "FILE_TOO_LARGE") return 413;
-  if (error.reason === "NOT_A_PDF") return 415;
-  return HTTP_STATUS[error.grpcCode] ?? 500;
-}
-
 function errorResponse(error: unknown, logger: Logger): Response {
   const mapped = toServiceError(error);
   if (mapped.reason === "INTERNAL") logger.error({ err: error }, "HTTP request failed");
@@ -63,7 +44,7 @@ function errorResponse(error: unknown, logger: Logger): Response {
         ...(mapped.details.metadata ? { metadata: mapped.details.metadata } : {}),
       },
     },
-    { status: httpStatusOf(mapped), headers },
+    { status: httpStatusOf(mapped.grpcCode, mapped.reason), headers },
   );
 }
 
@@ -81,10 +62,6 @@ async function receiveMultipart(request: Request, receiver: UploadReceiver): Pro
   const fields: Record<string, string> = {};
   let failure: unknown;
   const busboy = Busboy({ headers: { "content-type": contentType }, limits: { fieldSize: 64 * 1024, fields: 20, headerPairs: 100 } });
-  const finished = new Promise<void>((resolve, reject) => {
-    busboy.on("finish", resolve);
-    busboy.on("error", reject);
-  });
   busboy.on("field", (name, value) => {
     fields[name] = value;
   });
@@ -107,19 +84,10 @@ async function receiveMultipart(request: Request, receiver: UploadReceiver): Pro
       }
     });
   });
-  const reader = request.body.getReader();
   try {
-    while (!failure) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      if (!busboy.write(value)) await new Promise((resolve) => busboy.once("drain", resolve));
-    }
-    if (failure) throw failure;
-    busboy.end();
-    await finished;
+    await feedMultipart(request.body, busboy, () => failure !== undefined);
     if (failure) throw failure;
   } catch (error) {
-    await reader.cancel().catch(() => {});
     if (error instanceof Error && "grpcCode" in error) throw error;
     throw invalidArgument("NO_FILES", `the multipart body could not be read: ${error instanceof Error ? error.message : String(error)}`);
   }

@@ -8,7 +8,7 @@ import type { Logger } from "@coursemesh/shared/logger.ts";
 import { signInPage } from "./pages/signin.ts";
 import { htmlResponse, redirect, wantsJson, withSecurityHeaders } from "./respond.ts";
 import { areasFor } from "./roles.ts";
-import { clearedSessionCookie, csrfMatches, csrfToken, CSRF_FIELD, CSRF_HEADER, sameOrigin, sessionCookie, sessionOf, verifyToken } from "./session.ts";
+import { clearedSessionCookie, csrfMatches, csrfToken, CSRF_FIELD, CSRF_HEADER, REQUESTS_COOKIE, sameOrigin, sessionCookie, sessionOf, verifyToken } from "./session.ts";
 import { serveStatic } from "./static.ts";
 import type { Authenticator } from "@coursemesh/shared/auth.ts";
 
@@ -103,7 +103,9 @@ export function createWebApp(options: WebAppOptions): (request: Request) => Prom
       if (principal && (!sameOrigin(request) || !csrfMatches(options.sessionSecret, principal.token!, String(form?.get(CSRF_FIELD) ?? "")))) {
         return new Response("forbidden: the form is out of date; reload the page", { status: 403 });
       }
-      return redirect("/signin", { "set-cookie": clearedSessionCookie(cookieOptions) });
+      const response = redirect("/signin", { "set-cookie": clearedSessionCookie(cookieOptions) });
+      response.headers.append("set-cookie", clearedSessionCookie(cookieOptions, REQUESTS_COOKIE));
+      return response;
     }
 
     let matched: { route: CompiledRoute; params: Record<string, string> } | undefined;

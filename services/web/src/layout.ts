@@ -54,3 +54,8 @@ ${options.body}
 </html>
 `;
 }
+
+/** A page of one of the signed-in areas. */
+export function areaPage(ctx: { principal: Principal; csrf: string }, area: Area, title: string, body: Html): Html {
+  return page({ title, principal: ctx.principal, csrf: ctx.csrf, current: area, body });
+}

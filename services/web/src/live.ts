@@ -3,7 +3,9 @@
  * so proxies and the server's idle timeout keep it open, and ends its source (a gRPC stream or a
  * poll) when the browser goes away or the process shuts down.
  */
+import type * as grpc from "@grpc/grpc-js";
 import type { Logger } from "@coursemesh/shared/logger.ts";
+import { toWebError } from "./errors.ts";
 
 /** Streams one user may hold open at once (tabs × pages); more get 429. */
 export const MAX_STREAMS_PER_USER = 8;
@@ -118,4 +120,24 @@ export function createLiveStreams(logger: Logger): LiveStreams {
       for (const finish of [...open]) finish();
     },
   };
+}
+
+/**
+ * Relays a gRPC server stream to a browser: `onMessage` sends what each message means; an error
+ * (other than the browser leaving) is sent as "failure" and ends the stream, so the browser
+ * reconnects (e.g. to another replica); the server ending the stream is sent as "end" when
+ * `endIsFinal` (a finished job or decided request: the browser stops listening). Returns the
+ * cleanup that cancels the call.
+ */
+export function relayStream<T>(sink: LiveSink, call: grpc.ClientReadableStream<T>, onMessage: (message: T) => void, options: { endIsFinal: boolean }): () => void {
+  call.on("data", onMessage);
+  call.on("error", (error) => {
+    if (!sink.signal.aborted) sink.send("failure", { message: toWebError(error).message });
+    sink.close();
+  });
+  call.on("end", () => {
+    if (options.endIsFinal) sink.send("end", {});
+    sink.close();
+  });
+  return () => call.cancel();
 }

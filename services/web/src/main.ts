@@ -19,13 +19,15 @@ await runHttpService({
     shutdown.on("stop-intake", "live-streams", () => live.closeAll());
     shutdown.on("flush-telemetry", "grpc-clients", () => backends.close());
     const maxUploadBytes = config.WEB_MAX_UPLOAD_BYTES!;
+    const sessionSecret = required(config, "WEB_SESSION_SECRET");
+    const cookieSecure = Boolean(config.WEB_COOKIE_SECURE);
     return {
       handleHttp: createWebApp({
         authenticator,
-        sessionSecret: required(config, "WEB_SESSION_SECRET"),
-        cookieSecure: Boolean(config.WEB_COOKIE_SECURE),
+        sessionSecret,
+        cookieSecure,
         logger,
-        routes: webRoutes({ backends, live, logger, maxUploadBytes }),
+        routes: webRoutes({ backends, live, logger, maxUploadBytes, sessionSecret, cookieSecure }),
       }),
       maxRequestBodySize: maxUploadBytes + 64 * 1024,
       // Live streams send a heartbeat every 15 s, inside this.

@@ -3,15 +3,21 @@ import type { Logger } from "@coursemesh/shared/logger.ts";
 import type { Route } from "./app.ts";
 import type { Backends } from "./backends.ts";
 import type { LiveStreams } from "./live.ts";
+import { courseRoutes } from "./pages/courses.ts";
+import { enrollmentRoutes } from "./pages/enrollment.ts";
+import { monitorRoutes } from "./pages/monitors.ts";
+import { uploadRoutes } from "./pages/uploads.ts";
 
 export interface RouteDeps {
   backends: Backends;
   live: LiveStreams;
   logger: Logger;
   maxUploadBytes: number;
+  sessionSecret: string;
+  cookieSecure: boolean;
 }
 
 /** The routes of all areas. */
-export function webRoutes(_deps: RouteDeps): Route[] {
-  return [];
+export function webRoutes(deps: RouteDeps): Route[] {
+  return [...monitorRoutes(deps), ...courseRoutes(deps), ...enrollmentRoutes(deps), ...uploadRoutes(deps)];
 }

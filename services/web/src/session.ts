@@ -7,6 +7,12 @@ import { decodeJwt } from "jose";
 import type { Authenticator, Principal } from "@coursemesh/shared/auth.ts";
 
 export const SESSION_COOKIE = "cm_session";
+/**
+ * The enrollment requests this browser made, newest first: the API has no "my requests" list for
+ * students (ListEnrollments is staff's), so the dashboard remembers the ids it was given. HttpOnly;
+ * the allocator still decides who may read each one. Cleared at sign-out.
+ */
+export const REQUESTS_COOKIE = "cm_requests";
 /** Form field and header that carry the CSRF token. */
 export const CSRF_FIELD = "csrf";
 export const CSRF_HEADER = "x-csrf-token";
@@ -30,9 +36,9 @@ export function sessionCookie(token: string, options: { secure: boolean; nowMs?:
   return `${SESSION_COOKIE}=${token}; Path=/; Max-Age=${maxAge}; HttpOnly; SameSite=Lax${options.secure ? "; Secure" : ""}`;
 }
 
-/** `Set-Cookie` that removes the session. */
-export function clearedSessionCookie(options: { secure: boolean }): string {
-  return `${SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax${options.secure ? "; Secure" : ""}`;
+/** `Set-Cookie` that removes a cookie of the dashboard's (the session by default). */
+export function clearedSessionCookie(options: { secure: boolean }, name = SESSION_COOKIE): string {
+  return `${name}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax${options.secure ? "; Secure" : ""}`;
 }
 
 /** A token is a JWT: three base64url parts. Anything else never reaches the verifier or a header. */

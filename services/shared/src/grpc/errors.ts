@@ -51,6 +51,30 @@ export const permissionDenied = make(GrpcStatus.PERMISSION_DENIED);
 export const aborted = make(GrpcStatus.ABORTED);
 export const deadlineExceeded = make(GrpcStatus.DEADLINE_EXCEEDED);
 
+const HTTP_STATUS_OF_CODE: Partial<Record<GrpcStatus, number>> = {
+  [GrpcStatus.INVALID_ARGUMENT]: 400,
+  [GrpcStatus.OUT_OF_RANGE]: 400,
+  [GrpcStatus.UNAUTHENTICATED]: 401,
+  [GrpcStatus.PERMISSION_DENIED]: 403,
+  [GrpcStatus.NOT_FOUND]: 404,
+  [GrpcStatus.ALREADY_EXISTS]: 409,
+  [GrpcStatus.FAILED_PRECONDITION]: 409,
+  [GrpcStatus.ABORTED]: 409,
+  [GrpcStatus.RESOURCE_EXHAUSTED]: 429,
+  [GrpcStatus.UNAVAILABLE]: 503,
+  [GrpcStatus.DEADLINE_EXCEEDED]: 504,
+};
+const HTTP_STATUS_OF_REASON: Record<string, number> = { FILE_TOO_LARGE: 413, NOT_A_PDF: 415 };
+
+/**
+ * The HTTP status of a failed call, for the HTTP front ends (ingest's upload API, the web
+ * dashboard): by ErrorInfo reason where one is more precise (413 too large, 415 not a PDF), else
+ * by gRPC code; 500 for anything else.
+ */
+export function httpStatusOf(code: GrpcStatus, reason?: string): number {
+  return (reason !== undefined && HTTP_STATUS_OF_REASON[reason]) || HTTP_STATUS_OF_CODE[code] || 500;
+}
+
 /** Postgres SQLSTATEs that mean "try again": serialization failure, deadlock, connection trouble. */
 const RETRYABLE_SQLSTATE = new Set(["40001", "40P01", "57P01", "57P03", "08000", "08003", "08006", "53300"]);
 

@@ -1,0 +1,253 @@
+// coursemesh dashboard: progressive enhancement over server-rendered pages. Forms work without this
+// file; with it they submit in place, show the service's messages next to their fields, and the
+// page follows live updates (server-sent events). No framework, no build step.
+"use strict";
+
+(function () {
+  const csrf = document.body.dataset.csrf || "";
+
+  // ---- "12 s ago" that stays true ----------------------------------------------------------
+  function ago(date) {
+    const seconds = Math.max(0, Math.round((Date.now() - date.getTime()) / 1000));
+    if (seconds < 60) return seconds + " s ago";
+    if (seconds < 3600) return Math.floor(seconds / 60) + " min ago";
+    if (seconds < 86400) return Math.floor(seconds / 3600) + " h ago";
+    return Math.floor(seconds / 86400) + " d ago";
+  }
+  function tick() {
+    for (const el of document.querySelectorAll("time[data-relative]")) {
+      const text = ago(new Date(el.getAttribute("datetime")));
+      if (el.textContent !== text) el.textContent = text;
+    }
+  }
+  setInterval(tick, 1000);
+
+  // ---- Replacing and inserting server-rendered fragments ---------------------------------------
+  function fragment(markup) {
+    const template = document.createElement("template");
+    template.innerHTML = markup.trim();
+    return template.content.firstElementChild;
+  }
+  function containerFor(element) {
+    if (element.matches("tr[data-monitor]")) return document.getElementById("monitor-rows");
+    if (element.matches("tr[data-course]")) return document.getElementById("course-rows");
+    if (element.matches("[data-request]")) return document.getElementById("request-list");
+    if (element.matches("[data-job]")) return document.getElementById("job-list");
+    return null;
+  }
+  /** Puts a fragment in place of the element with its id, or first in its list; returns the element. */
+  function place(markup) {
+    const element = fragment(markup);
+    if (!element) return null;
+    const existing = element.id && document.getElementById(element.id);
+    if (existing) {
+      const focusedForm = existing.contains(document.activeElement) ? document.activeElement.closest("form") : null;
+      const focusKey = focusedForm ? focusedForm.getAttribute("action") : null;
+      existing.replaceWith(element);
+      // Keep keyboard users where they were after a live update.
+      if (focusKey) {
+        const again = element.querySelector('form[action="' + focusKey + '"] button');
+        if (again) again.focus();
+      }
+    } else {
+      const container = containerFor(element);
+      if (!container) return null;
+      container.prepend(element);
+    }
+    updateEmpty();
+    follow(element);
+    tick();
+    return element;
+  }
+  function updateEmpty() {
+    for (const empty of document.querySelectorAll("[data-empty]")) {
+      const section = empty.closest("section");
+      const list = section && section.querySelector("tbody, #request-list, #job-list");
+      if (list) empty.hidden = list.children.length > 0;
+    }
+  }
+  function announce(text, scope) {
+    const status = (scope && scope.closest("section") && scope.closest("section").querySelector("[data-live-status]")) || document.querySelector("[data-live-status]");
+    if (status) status.textContent = text;
+  }
+
+  // ---- Forms: submit in place, the service's messages next to their fields -------------------
+  function clearErrors(form) {
+    for (const el of form.querySelectorAll("[data-error-for], [data-form-error]")) el.textContent = "";
+    for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+  }
+  function showErrors(form, data) {
+    clearErrors(form);
+    let first = null;
+    const fields = data.fields || {};
+    for (const name of Object.keys(fields)) {
+      const slot = form.querySelector('[data-error-for="' + name + '"]');
+      const control = form.querySelector('[name="' + name + '"]');
+      if (slot) slot.textContent = fields[name];
+      if (control) {
+        control.setAttribute("aria-invalid", "true");
+        first = first || control;
+      }
+    }
+    const general = form.querySelector("[data-form-error]");
+    if (general) general.textContent = data.error || "";
+    else if (!first) alert(data.error || "That did not work.");
+    if (first) first.focus();
+  }
+  async function send(form, body, headers) {
+    const response = await fetch(form.action, { method: "POST", body: body, headers: Object.assign({ accept: "application/json", "x-csrf-token": csrf }, headers || {}), credentials: "same-origin" });
+    if (response.status === 401) {
+      location.assign("/signin");
+      return null;
+    }
+    let data;
+    try {
+      data = await response.json();
+    } catch (e) {
+      data = { error: "Unexpected answer (HTTP " + response.status + "); reload the page." };
+    }
+    return { ok: response.ok, data: data };
+  }
+  function after(form, data) {
+    clearErrors(form);
+    const action = form.dataset.action;
+    if (data.deleted) {
+      const row = form.closest("tr, li, article");
+      if (row) row.remove();
+      updateEmpty();
+      announce("Deleted.", form);
+      return;
+    }
+    if (data.html) place(data.html);
+    if (action === "create" || action === "enroll") {
+      form.reset();
+      const key = form.querySelector('[name="idempotency_key"]');
+      if (key && crypto.randomUUID) key.value = crypto.randomUUID();
+      announce(action === "enroll" ? "Request sent; the decision appears below." : "Added.", document.querySelector("[data-live-status]"));
+    }
+  }
+  document.addEventListener("submit", async function (event) {
+    const form = event.target;
+    if (!(form instanceof HTMLFormElement)) return;
+    if (form.hasAttribute("data-upload")) return upload(event, form);
+    if (!form.hasAttribute("data-enhance")) return;
+    event.preventDefault();
+    if (form.dataset.confirm && !confirm(form.dataset.confirm)) return;
+    const button = form.querySelector("button[type=submit]");
+    if (button) button.disabled = true;
+    try {
+      const result = await send(form, new URLSearchParams(new FormData(form)), { "content-type": "application/x-www-form-urlencoded" });
+      if (!result) return;
+      if (result.ok) after(form, result.data);
+      else showErrors(form, result.data);
+    } catch (e) {
+      showErrors(form, { error: "The dashboard is not reachable; check your connection and try again." });
+    } finally {
+      if (button && button.isConnected) button.disabled = false;
+    }
+  });
+
+  // ---- Live updates --------------------------------------------------------------------------
+  const streams = new Map();
+  function follow(root) {
+    const targets = [];
+    if (root.matches && root.matches("[data-live]")) targets.push(root);
+    if (root.querySelectorAll) targets.push.apply(targets, root.querySelectorAll("[data-live]"));
+    for (const el of targets) {
+      const url = el.getAttribute("data-live");
+      if (streams.has(url)) continue;
+      const source = new EventSource(url);
+      streams.set(url, source);
+      const onUpdate = function (event) {
+        const data = JSON.parse(event.data);
+        if (data.html) place(data.html);
+        if (data.change) announce(data.change.label + ": " + data.change.from + " → " + data.change.to, document.getElementById("monitor-rows"));
+      };
+      for (const kind of ["monitor", "course", "request", "job"]) source.addEventListener(kind, onUpdate);
+      source.addEventListener("end", function () {
+        source.close();
+        streams.delete(url);
+      });
+      source.addEventListener("failure", function (event) {
+        announce(JSON.parse(event.data).message, el);
+      });
+      source.addEventListener("open", function () {
+        document.body.dataset.liveConnected = String(Number(document.body.dataset.liveConnected || 0) + 1);
+      });
+      source.onerror = function () {
+        if (source.readyState === EventSource.CLOSED) {
+          streams.delete(url);
+          announce("Live updates stopped; reload the page to resume.", el);
+        }
+      };
+    }
+  }
+  follow(document);
+
+  // ---- History in a modal dialog --------------------------------------------------------------
+  const dialog = document.getElementById("history-dialog");
+  let opener = null;
+  document.addEventListener("click", async function (event) {
+    const link = event.target instanceof Element && event.target.closest("a[data-history]");
+    if (link && dialog && dialog.showModal) {
+      event.preventDefault();
+      opener = link;
+      const body = dialog.querySelector("[data-dialog-body]");
+      body.textContent = "Loading…";
+      dialog.showModal();
+      try {
+        const response = await fetch(link.href + "?fragment=1", { headers: { accept: "text/html" }, credentials: "same-origin" });
+        if (response.status === 401) return location.assign("/signin");
+        body.innerHTML = await response.text();
+        tick();
+      } catch (e) {
+        body.textContent = "The history could not be loaded.";
+      }
+    }
+    if (event.target instanceof Element && event.target.closest("[data-close-dialog]")) dialog.close();
+  });
+  if (dialog) dialog.addEventListener("close", function () {
+    if (opener && opener.isConnected) opener.focus();
+  });
+
+  // ---- Uploads: drag and drop, streamed to ingest, then followed live -------------------------
+  const zone = document.querySelector("[data-dropzone]");
+  if (zone) {
+    const input = zone.querySelector('input[type="file"]');
+    zone.addEventListener("dragover", function (event) {
+      event.preventDefault();
+      zone.classList.add("over");
+    });
+    zone.addEventListener("dragleave", function () {
+      zone.classList.remove("over");
+    });
+    zone.addEventListener("drop", function (event) {
+      event.preventDefault();
+      zone.classList.remove("over");
+      if (event.dataTransfer && event.dataTransfer.files.length) {
+        input.files = event.dataTransfer.files;
+        input.dispatchEvent(new Event("change", { bubbles: true }));
+      }
+    });
+  }
+  async function upload(event, form) {
+    event.preventDefault();
+    const button = form.querySelector("button[type=submit]");
+    if (button) button.disabled = true;
+    try {
+      const result = await send(form, new FormData(form));
+      if (!result) return;
+      if (!result.ok) return showErrors(form, result.data);
+      clearErrors(form);
+      form.reset();
+      const key = form.querySelector('[name="idempotency_key"]');
+      if (key && crypto.randomUUID) key.value = crypto.randomUUID();
+      place(result.data.html);
+      announce("Uploaded; processing has started.", document.getElementById("job-list"));
+    } catch (e) {
+      showErrors(form, { error: "The upload did not reach the dashboard; check your connection and try again." });
+    } finally {
+      if (button) button.disabled = false;
+    }
+  }
+})();
