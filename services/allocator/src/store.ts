@@ -4,6 +4,7 @@
  * deciders, drops and capacity changes of one course across replicas.
  */
 import type { Sql, Tx } from "@coursemesh/shared/db.ts";
+import { eventIdPrefixSql, eventIdSql, insertOutboxRows } from "@coursemesh/shared/events/outbox.ts";
 
 type Db = Sql | Tx;
 type Row = Record<string, any>;
@@ -405,6 +406,7 @@ const EVENT_DECIDED = "coursemesh.events.v1.EnrollmentDecided";
  * The events are built here rather than in JavaScript and handed to `enqueueMany`: a batch decides
  * thousands of requests, and building, serialising and re-parsing their JSON cost more than the
  * decisions themselves and held up the process's one JavaScript thread, which also runs the relay.
+ * They are written by the outbox's own INSERT (`insertOutboxRows`), with UUIDv7 event ids made in SQL.
  * The payload is the proto3 JSON of coursemesh.events.v1.EnrollmentDecided (the events test reads it
  * back with `EnrollmentDecided.fromJSON` and compares it with `toJSON`).
  */
@@ -413,7 +415,7 @@ export async function decideBatch(tx: Tx, courseIds: readonly string[], options:
     with clock as materialized (
       select now, now - make_interval(secs => ${options.holdMs}::int / 1000.0) as eligible_until,
         to_char(now at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as occurred_at,
-        lpad(to_hex(floor(extract(epoch from now) * 1000)::bigint), 12, '0') as id_time
+        ${eventIdPrefixSql(tx, tx`now`)} as id_prefix
       from (select clock_timestamp() as now) t
     ),
     course as materialized (
@@ -544,29 +546,27 @@ export async function decideBatch(tx: Tx, courseIds: readonly string[], options:
         select e.id, e.course_id, null, e.score, null, null, null, null, null, true from earlier e
       ) m
     ),
-    events as (
-      insert into outbox (event_id, subject, event_type, aggregate_id, aggregate_version, payload, traceparent, tracestate)
-      select e.event_id, 'enrollment.decided.' || e.course_id, ${EVENT_DECIDED}, e.course_id::text, e.version,
-        -- Concatenated, then parsed once: cheaper than jsonb_build_object for thousands of rows.
-        -- Strings that could need escaping go through JSON encoding (to_json).
-        ('{"eventId":"' || e.event_id || '","occurredAt":"' || k.occurred_at || '","courseId":"' || e.course_id
-          || '","aggregateVersion":' || e.version || ',"courseCode":' || f.codes[e.ci] || ',"courseTitle":' || f.titles[e.ci]
-          || ',"requestId":"' || e.id || '","studentId":' || to_json(e.student_id)::text
-          || ',"status":"ENROLLMENT_STATUS_' || e.status || '"'
-          || case when e.reason <> '' then ',"reason":"' || e.reason || '"' else '' end
-          || case when e.waitlist_rank is not null then ',"waitlistPosition":' || (f.waitlists[e.ci] + e.waitlist_rank) else '' end
-          || ',"seatsTaken":' || (f.seats[e.ci] + e.enrolled_so_far) || ',"capacity":' || f.capacities[e.ci] || '}')::jsonb,
-        ${options.traceparent}::text, ${options.tracestate}::text
-      from (
-        -- UUIDv7: the batch's millisecond, version 7, then random bits (dedupe keys, not secrets).
-        select p.*, i.ci, f.versions[i.ci] + p.n as version,
-          (k.id_time || '7' || lpad(to_hex((random() * 4095)::int), 3, '0') || to_hex(8 + (random() * 3)::int)
-            || lpad(to_hex((random() * 1073741823)::bigint), 8, '0') || lpad(to_hex((random() * 268435455)::bigint), 7, '0'))::uuid as event_id
-        from positioned p, facts f, clock k, lateral (select array_position(f.ids, p.course_id) as ci) i
-        where not p.is_earlier
-      ) e, facts f, clock k
-      order by e.course_id, e.n
-    ),
+    events as (${insertOutboxRows(
+      tx,
+      tx`
+        select e.event_id, 'enrollment.decided.' || e.course_id as subject, ${EVENT_DECIDED}::text as event_type, e.course_id::text as aggregate_id,
+          e.version as aggregate_version, row(e.course_id, e.n) as position,
+          -- Concatenated, then parsed once: cheaper than jsonb_build_object for thousands of rows.
+          -- Strings that could need escaping go through JSON encoding (to_json).
+          '{"eventId":"' || e.event_id || '","occurredAt":"' || k.occurred_at || '","courseId":"' || e.course_id
+            || '","aggregateVersion":' || e.version || ',"courseCode":' || f.codes[e.ci] || ',"courseTitle":' || f.titles[e.ci]
+            || ',"requestId":"' || e.id || '","studentId":' || to_json(e.student_id)::text
+            || ',"status":"ENROLLMENT_STATUS_' || e.status || '"'
+            || case when e.reason <> '' then ',"reason":"' || e.reason || '"' else '' end
+            || case when e.waitlist_rank is not null then ',"waitlistPosition":' || (f.waitlists[e.ci] + e.waitlist_rank) else '' end
+            || ',"seatsTaken":' || (f.seats[e.ci] + e.enrolled_so_far) || ',"capacity":' || f.capacities[e.ci] || '}' as payload
+        from (
+          select p.*, i.ci, f.versions[i.ci] + p.n as version, ${eventIdSql(tx, tx`k.id_prefix`)} as event_id
+          from positioned p, facts f, clock k, lateral (select array_position(f.ids, p.course_id) as ci) i
+          where not p.is_earlier
+        ) e, facts f, clock k`,
+      { traceparent: options.traceparent, tracestate: options.tracestate },
+    )}),
     counters as (
       update courses c
       set seats_taken = c.seats_taken + d.enrolled, waitlist_length = c.waitlist_length + d.waitlisted,
