@@ -1,0 +1,199 @@
+/**
+ * The dashboard over plain HTTP, against a real allocator: no page or stream without a valid
+ * session cookie, no change without the CSRF token from the dashboard's own origin, the service's
+ * own messages next to the fields, role-aware pages, security headers, and a clean SIGTERM.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { parseHTML } from "linkedom";
+import { mintToken } from "@coursemesh/shared/auth.ts";
+import { createClient, unary } from "@coursemesh/shared/grpc/client.ts";
+import { TEST_JWT_SECRET, testToken } from "@coursemesh/shared/testing/harness.ts";
+import { EnrollmentServiceClient } from "@coursemesh/proto/coursemesh/allocator/v1/allocator.ts";
+import { csrfToken } from "../src/session.ts";
+import { startStack, WEB_SESSION_SECRET, type Stack } from "./stack.ts";
+
+let stack: Stack;
+let base: string;
+let registrar: string;
+let student: string;
+
+beforeAll(async () => {
+  stack = await startStack({ backends: ["allocator"] });
+  base = stack.web.httpUrl;
+  registrar = await testToken("rita", ["registrar"]);
+  student = await testToken("sam", ["student"]);
+}, 90_000);
+
+afterAll(async () => {
+  await stack?.stop();
+}, 60_000);
+
+const cookie = (token: string) => `cm_session=${token}`;
+const origin = () => ({ origin: base });
+
+function post(path: string, token: string | undefined, fields: Record<string, string>, headers: Record<string, string> = {}) {
+  return fetch(`${base}${path}`, {
+    method: "POST",
+    redirect: "manual",
+    headers: { "content-type": "application/x-www-form-urlencoded", ...origin(), ...(token ? { cookie: cookie(token) } : {}), ...headers },
+    body: new URLSearchParams(fields),
+  });
+}
+
+async function courseCodes(): Promise<string[]> {
+  const client = createClient(EnrollmentServiceClient, stack.services.allocator!.grpcAddress, { caller: "test" });
+  try {
+    const response = await unary(client.listCourses.bind(client), { pageSize: 100, pageToken: "" }, { token: registrar });
+    return response.courses.map((c) => c.code);
+  } finally {
+    client.close();
+  }
+}
+
+describe("without a valid session there is only the sign-in page, never data", () => {
+  test("no cookie: pages redirect to sign-in, streams and changes get 401", async () => {
+    for (const path of ["/", "/monitors", "/courses", "/enrollment", "/uploads", "/monitors/0190aaaa-0000-7000-8000-000000000000/history"]) {
+      const response = await fetch(`${base}${path}`, { redirect: "manual" });
+      expect({ path, status: response.status, location: response.headers.get("location") }).toEqual({ path, status: 302, location: "/signin" });
+    }
+    const stream = await fetch(`${base}/live/courses`, { headers: { accept: "text/event-stream" } });
+    expect(stream.status).toBe(401);
+    const change = await post("/courses", undefined, { code: "NOPE 100", title: "No", capacity: "5" });
+    expect(change.status).toBe(401);
+    expect(await courseCodes()).not.toContain("NOPE 100");
+  });
+
+  test("a forged, expired or garbage cookie is cleared and gets the sign-in page", async () => {
+    const forged = await mintToken({ subject: "rita", roles: ["registrar", "operator"], secret: "not-the-deployment-secret-0123456789abc" });
+    const expired = await mintToken({ subject: "rita", roles: ["registrar"], secret: TEST_JWT_SECRET, expiresIn: "-5m" });
+    for (const token of [forged, expired, "garbage", `${registrar}tampered`]) {
+      const response = await fetch(`${base}/courses`, { redirect: "manual", headers: { cookie: cookie(token) } });
+      expect(response.status).toBe(302);
+      expect(response.headers.get("location")).toBe("/signin");
+      expect(response.headers.get("set-cookie")).toContain("cm_session=;");
+      expect(response.headers.get("set-cookie")).toContain("Max-Age=0");
+      expect(await response.text()).toBe("");
+    }
+  });
+
+  test("signing in with a trusted token sets an HttpOnly SameSite cookie; an untrusted one is refused with a reason", async () => {
+    const good = await post("/signin", undefined, { token: registrar });
+    expect(good.status).toBe(303);
+    const setCookie = good.headers.get("set-cookie")!;
+    expect(setCookie).toStartWith(`cm_session=${registrar};`);
+    expect(setCookie).toMatch(/HttpOnly/);
+    expect(setCookie).toMatch(/SameSite=(Lax|Strict)/);
+    expect(setCookie).not.toMatch(/Secure/);
+
+    const forged = await mintToken({ subject: "rita", roles: ["operator"], secret: "not-the-deployment-secret-0123456789abc" });
+    const bad = await post("/signin", undefined, { token: forged });
+    expect(bad.status).toBe(401);
+    expect(bad.headers.get("set-cookie")).toBeNull();
+    const { document } = parseHTML(await bad.text());
+    expect(document.querySelector("#token-error")?.textContent).toContain("not valid here");
+
+    const crossSite = await post("/signin", undefined, { token: registrar }, { origin: "https://evil.example" });
+    expect(crossSite.status).toBe(403);
+    expect(crossSite.headers.get("set-cookie")).toBeNull();
+  });
+});
+
+describe("changes need the session's CSRF token, from the dashboard's own origin", () => {
+  test("no token, another session's token or another origin: 403 and nothing changes", async () => {
+    const attempts = [
+      await post("/courses", registrar, { code: "CSRF 101", title: "Forged", capacity: "5" }),
+      await post("/courses", registrar, { code: "CSRF 101", title: "Forged", capacity: "5", csrf: csrfToken(WEB_SESSION_SECRET, student) }),
+      await post("/courses", registrar, { code: "CSRF 101", title: "Forged", capacity: "5", csrf: csrfToken(WEB_SESSION_SECRET, registrar) }, { origin: "https://evil.example" }),
+    ];
+    expect(attempts.map((r) => r.status)).toEqual([403, 403, 403]);
+    expect(await courseCodes()).not.toContain("CSRF 101");
+
+    const real = await post("/courses", registrar, { code: "CSRF 101", title: "Real", capacity: "5", csrf: csrfToken(WEB_SESSION_SECRET, registrar) });
+    expect(real.status).toBe(303);
+    expect(await courseCodes()).toContain("CSRF 101");
+  });
+});
+
+describe("bad input shows the service's own message next to the field", () => {
+  const csrf = () => csrfToken(WEB_SESSION_SECRET, registrar);
+
+  test("a plain form post gets the page again, the message under the field and the values kept", async () => {
+    const response = await post("/courses", registrar, { code: "", title: "Linear Algebra", capacity: "30", csrf: csrf() });
+    expect(response.status).toBe(400);
+    const { document } = parseHTML(await response.text());
+    const error = document.querySelector("#course-code-error")?.textContent ?? "";
+    expect(error.length).toBeGreaterThan(0);
+    expect(document.querySelector("#course-code")?.getAttribute("aria-invalid")).toBe("true");
+    expect(document.querySelector("#course-code")?.getAttribute("aria-describedby")).toContain("course-code-error");
+    expect(document.querySelector("#course-title")?.getAttribute("value")).toBe("Linear Algebra");
+    // The words are the allocator's, not the dashboard's.
+    const client = createClient(EnrollmentServiceClient, stack.services.allocator!.grpcAddress, { caller: "test" });
+    const direct = await unary(client.createCourse.bind(client), { code: "", title: "Linear Algebra", capacity: 30 }, { token: registrar }).catch((e) => e);
+    client.close();
+    expect(document.querySelector("[data-form-error]")?.textContent).toBe(direct.details);
+  });
+
+  test("the page's script gets JSON with the field messages; a taken code is 409 on the code field", async () => {
+    await post("/courses", registrar, { code: "MATH 125", title: "Linear Algebra I", capacity: "30", csrf: csrf() });
+    const taken = await post("/courses", registrar, { code: "MATH 125", title: "Again", capacity: "30", csrf: csrf() }, { accept: "application/json" });
+    expect(taken.status).toBe(409);
+    const body = (await taken.json()) as { error: string; fields: Record<string, string> };
+    expect(body.fields.code).toContain("MATH 125");
+    expect(body.error).toContain("already exists");
+
+    const negative = await post("/courses", registrar, { code: "MATH 200", title: "X", capacity: "-3", csrf: csrf() }, { accept: "application/json" });
+    expect(negative.status).toBe(400);
+    expect(Object.keys(((await negative.json()) as { fields: object }).fields)).toContain("capacity");
+  });
+});
+
+describe("what a role sees", () => {
+  test("a student's navigation has no Courses, and the courses page and its changes are refused", async () => {
+    const page = await fetch(`${base}/enrollment`, { headers: { cookie: cookie(student) } });
+    expect(page.status).toBe(200);
+    const { document } = parseHTML(await page.text());
+    const nav = [...document.querySelectorAll("nav a")].map((a) => a.textContent);
+    expect(nav).toEqual(["Enrollment", "Monitors", "Uploads"]);
+    expect((await fetch(`${base}/courses`, { headers: { cookie: cookie(student) } })).status).toBe(403);
+    const create = await post("/courses", student, { code: "STU 100", title: "Mine", capacity: "5", csrf: csrfToken(WEB_SESSION_SECRET, student) });
+    expect(create.status).toBe(403);
+    expect(await courseCodes()).not.toContain("STU 100");
+  });
+
+  test("every response carries a strict CSP and the other security headers; static files are cached", async () => {
+    const page = await fetch(`${base}/courses`, { headers: { cookie: cookie(registrar) } });
+    const csp = page.headers.get("content-security-policy")!;
+    expect(csp).toContain("script-src 'self'");
+    expect(csp).not.toContain("unsafe-inline");
+    expect(csp).toContain("frame-ancestors 'none'");
+    expect(page.headers.get("x-content-type-options")).toBe("nosniff");
+    expect(page.headers.get("referrer-policy")).toBe("same-origin");
+    expect(page.headers.get("cache-control")).toBe("no-store");
+    const script = await fetch(`${base}/static/app.js`);
+    expect(script.headers.get("content-type")).toContain("javascript");
+    expect(script.headers.get("cache-control")).toContain("max-age=");
+    const { document } = parseHTML(await page.text());
+    expect(document.querySelectorAll("script:not([src])").length).toBe(0);
+    expect(document.querySelectorAll("[style]").length).toBe(0);
+  });
+});
+
+test("a course's counts arrive on its live stream; SIGTERM ends the stream and the process exits 0", async () => {
+  const response = await fetch(`${base}/live/courses`, { headers: { cookie: cookie(registrar), accept: "text/event-stream" } });
+  expect(response.status).toBe(200);
+  expect(response.headers.get("content-type")).toContain("text/event-stream");
+  const reader = response.body!.getReader();
+  let text = "";
+  const deadline = Date.now() + 10_000;
+  while (!text.includes("event: course") && Date.now() < deadline) text += new TextDecoder().decode((await reader.read()).value);
+  expect(text).toContain("MATH 125");
+
+  const exited = stack.web.stop();
+  // The stream ends (the browser would reconnect to another replica).
+  const ended = (async () => {
+    for (;;) if ((await reader.read()).done) return true;
+  })();
+  expect(await Promise.race([ended, Bun.sleep(10_000).then(() => false)])).toBe(true);
+  expect(await exited).toBe(0);
+  expect(stack.web.logs.some((line) => line.msg === "shutting down")).toBe(true);
+}, 30_000);
