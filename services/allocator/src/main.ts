@@ -12,10 +12,11 @@ import { Acceptor, DecisionWaits } from "./enroll.ts";
 import { enrollmentService } from "./grpc.ts";
 import { registerCourseGauges } from "./metrics.ts";
 
-// The relay publishes each read's rows in one go on the process's only JavaScript thread, which also
-// serves Enroll and runs the deciders, so this bounds how long one read can hold Enroll calls up
-// (a backlog after a big batch at 500 costs them tens of ms). 500 is the relay's own default; it is
-// a constant rather than a setting because it is tuned with bench/allocator.ts, not per deployment.
+// Rows the relay reads at a time. It publishes them on the process's only JavaScript thread, which
+// also serves Enroll and runs the deciders, but in slices with a turn of the event loop between them
+// (see RelayOptions.publishSliceSize), so the read size no longer bounds how long Enroll calls wait
+// behind it. 500 is the relay's own default; a constant rather than a setting because it is tuned
+// with bench/allocator.ts, not per deployment.
 const RELAY_BATCH_SIZE = 500;
 
 await runService({

@@ -42,6 +42,12 @@ export interface RelayOptions {
   logger: Logger;
   /** Rows per read. */
   batchSize?: number;
+  /**
+   * Rows published in one go before the relay lets the rest of the process run (a read's rows go
+   * out in slices of this many, in order, with a turn of the event loop between slices), so a big
+   * read does not hold up a service's requests for the whole of its publishing.
+   */
+  publishSliceSize?: number;
   /** Publishes awaiting JetStream's ack at once. */
   maxInFlight?: number;
   /** Acknowledged rows deleted per statement. */
@@ -150,6 +156,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
   const { sql, logger, service, prefix } = options;
   const maxInFlight = Math.max(1, options.maxInFlight ?? 2048);
   const batchSize = Math.min(options.batchSize ?? 500, maxInFlight);
+  const publishSliceSize = Math.max(1, options.publishSliceSize ?? 64);
   // Read the next batch once this few publishes are still awaiting their acks.
   const refillAt = maxInFlight - batchSize;
   const deleteBatchSize = options.deleteBatchSize ?? 500;
@@ -382,10 +389,18 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
           continue;
         }
         const maxBefore = maxRead;
-        for (const row of rows) {
-          retained.add(row.id);
-          if (row.id > maxRead) maxRead = row.id;
-          publish(row);
+        for (let start = 0; start < rows.length; start += publishSliceSize) {
+          // Between slices, whatever else the process serves gets its turn. Only published rows
+          // move the cursor: a stop or a failure here leaves the rest in the outbox, read again later.
+          if (start > 0) {
+            await new Promise<void>((resolve) => setImmediate(resolve));
+            if (failure !== undefined || stopping || lost()) break;
+          }
+          for (const row of rows.slice(start, start + publishSliceSize)) {
+            retained.add(row.id);
+            if (row.id > maxRead) maxRead = row.id;
+            publish(row);
+          }
         }
         if (maxRead > maxBefore) {
           readMarks.push({ readAt, maxRead });
