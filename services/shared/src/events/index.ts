@@ -32,12 +32,15 @@ export {
   type RunningConsumer,
 } from "./consumer.ts";
 export {
+  createEventPublisher,
   EventHeader,
   eventHeaders,
   headersToObject,
   JSON_CONTENT_TYPE,
   publishEvent,
   storedTraceContext,
+  type EventAck,
+  type EventPublisher,
   type PublishContext,
   type WireEvent,
 } from "./publish.ts";

@@ -20,14 +20,13 @@
  * dedicated client reports the close (we stop leading at once) and reconnects for the next attempt.
  */
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { jetstream } from "@nats-io/jetstream";
 import { Counter, Gauge } from "prom-client";
 import postgres from "postgres";
 import { advisoryKey, type Sql } from "../db.ts";
 import type { Logger } from "../logger.ts";
 import { registry } from "../metrics.ts";
 import { onOutboxWrite } from "./outbox.ts";
-import { publishEvent, storedTraceContext } from "./publish.ts";
+import { createEventPublisher, storedTraceContext } from "./publish.ts";
 import { Wakeup } from "../wakeup.ts";
 
 export interface RelayOptions {
@@ -271,8 +270,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
 
   /** One publishing session on one NATS connection; returns on stop, throws on any failure. */
   async function pump(nc: NatsConnection, lost: () => boolean): Promise<void> {
-    const js = jetstream(nc, { timeout: publishTimeoutMs });
-    const target = { js, prefix, service, timeoutMs: publishTimeoutMs };
+    const publisher = createEventPublisher(nc, { prefix, service, timeoutMs: publishTimeoutMs });
     // Highest id read in this session; rows above it are new, rows at or below it late or ours.
     let maxRead = 0;
     // No row at or below this id can still appear (see the module comment).
@@ -325,8 +323,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
 
     function publish(row: OutboxRow): void {
       unsettled++;
-      publishEvent(
-        target,
+      publisher.publish(
         {
           eventId: row.eventId,
           subject: row.subject,
@@ -413,6 +410,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
       // Let every publish settle (acked, failed, or rejected by a closed connection) and delete the acked.
       const deadline = performance.now() + publishTimeoutMs + 1000;
       while (unsettled > 0 && performance.now() < deadline) await activity.wait(50);
+      publisher.close();
       if (!lost()) issueDeletes();
       await Promise.all(deletes);
     }
