@@ -550,7 +550,9 @@ export async function decideBatch(tx: Tx, courseIds: readonly string[], options:
       tx,
       tx`
         select e.event_id, 'enrollment.decided.' || e.course_id as subject, ${EVENT_DECIDED}::text as event_type, e.course_id::text as aggregate_id,
-          e.version as aggregate_version, row(e.course_id, e.n) as position,
+          -- Ids need to rise with the version only within a course: ordering by the rank alone does that
+          -- and sorts on one bigint rather than a pair.
+          e.version as aggregate_version, e.n as position,
           -- Concatenated, then parsed once: cheaper than jsonb_build_object for thousands of rows.
           -- Strings that could need escaping go through JSON encoding (to_json).
           '{"eventId":"' || e.event_id || '","occurredAt":"' || k.occurred_at || '","courseId":"' || e.course_id
