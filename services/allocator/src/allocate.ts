@@ -29,6 +29,8 @@ export interface AllocatorOptions {
   paused: boolean;
   /** Tells this process's outbox relay that batches committed events (they are written in SQL, not through `enqueue`). */
   wakeRelay: () => void;
+  /** Asks this process's outbox relay to start no new read for this long (see `Relay.defer`). */
+  deferRelay: (ms: number) => void;
   /** Told after each committed batch, e.g. to lower the accept path's count of pending requests. */
   onDecided?: (courseId: string, decided: number) => void;
 }
@@ -39,6 +41,11 @@ const COURSES_PER_BATCH = 64;
 const LOCKED_RETRY_MS = 20;
 /** Back-off after a failed batch (the database restarting, say). */
 const FAILURE_RETRY_MS = 500;
+/**
+ * How long a full batch keeps the relay from starting new reads: a few batches' time, renewed by
+ * each full batch; a short batch or the end of the drain wakes the relay at once.
+ */
+const RELAY_DEFER_MS = 250;
 
 /** The allocation workers of one process. */
 export class Allocator {
@@ -214,10 +221,13 @@ export class Allocator {
         "allocation batch committed",
       );
       // Decisions first: while a stampede keeps batches full, the relay is not woken after each one
-      // (publishing competes with deciding for the same two cores); it is woken by the batch that
-      // empties a queue or when the drain ends, and its own poll picks up anything sooner.
+      // but deferred (publishing competes with deciding for the same two cores; the relay bounds how
+      // long it waits); it is woken by the batch that empties a queue or when the drain ends.
       if ([...decided.values()].some((ids) => ids.length < batchSize)) this.options.wakeRelay();
-      else this.relayOwed = true;
+      else {
+        this.relayOwed = true;
+        this.options.deferRelay(RELAY_DEFER_MS);
+      }
       recordDecisions(result.requests);
       for (const [courseId, ids] of decided) {
         this.options.onDecided?.(courseId, ids.length);

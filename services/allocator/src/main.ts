@@ -38,6 +38,7 @@ await runService({
       safetyPollMs: required(config, "ALLOCATOR_SAFETY_POLL_MS"),
       paused: required(config, "ALLOCATOR_PAUSED"),
       wakeRelay: () => relay.wake(),
+      deferRelay: (ms) => relay.defer(ms),
       onDecided: (courseId, decided) => acceptor.noteDecided(courseId, decided),
     });
     const acceptor = new Acceptor({

@@ -17,7 +17,7 @@ export {
   type StreamLimits,
   type StreamName,
 } from "./streams.ts";
-export { enqueue, enqueueMany, MAX_EVENT_BYTES, onOutboxWrite, type OutboxEvent } from "./outbox.ts";
+export { enqueue, enqueueMany, eventIdPrefixSql, eventIdSql, insertOutboxRows, MAX_EVENT_BYTES, onOutboxWrite, type OutboxEvent } from "./outbox.ts";
 export { startRelay, type PublishedEvent, type Relay, type RelayOptions } from "./relay.ts";
 export {
   isInfrastructureError,

@@ -73,8 +73,15 @@ export interface PublishedEvent {
 export interface Relay {
   /** Whether this replica holds the lock and publishes. */
   readonly leading: boolean;
-  /** Look for new rows now (writers in this process do this through `enqueue`). */
+  /** Look for new rows now (writers in this process do this through `enqueue`); ends a deferral. */
   wake(): void;
+  /**
+   * Start no new read for `ms` (publishes in flight still complete): a writer whose work must not
+   * wait behind publishing — the allocator deciding a stampede on the same cores — goes first, and
+   * its events follow. Calls extend the deferral, but never past MAX_DEFER_MS after the first of a
+   * run (until the relay next finds the outbox empty), so no event waits longer for it.
+   */
+  defer(ms: number): void;
   /** Resolves when this replica starts leading. */
   whenLeading(): Promise<void>;
   /** Stops reading, waits for in-flight publishes, deletes what was acknowledged, releases the lock. */
@@ -143,6 +150,9 @@ new Gauge({
   },
 });
 
+/** The longest `defer` holds the relay back in a row (until it next finds the outbox empty). */
+const MAX_DEFER_MS = 2000;
+
 /** How often the relay asks for the oldest running transaction to raise its floor. */
 const HORIZON_CHECK_MS = 100;
 
@@ -195,9 +205,20 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
   let leadingWaiters: (() => void)[] = [];
   let notifyTimer: ReturnType<typeof setTimeout> | undefined;
 
+  // No new read before this (performance.now() ms); deferrals since the outbox was last empty began at deferringSince.
+  let deferredUntil = 0;
+  let deferringSince: number | undefined;
+
   function wake(): void {
     lastWakeAt = performance.now();
+    deferredUntil = 0;
     activity.notify();
+  }
+
+  function defer(ms: number): void {
+    const now = performance.now();
+    deferringSince ??= now;
+    deferredUntil = Math.max(deferredUntil, Math.min(now + ms, deferringSince + MAX_DEFER_MS));
   }
 
   const unsubscribeWrites = onOutboxWrite(() => {
@@ -373,12 +394,18 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
           await activity.wait(publishTimeoutMs);
           continue;
         }
+        const deferred = deferredUntil - performance.now();
+        if (deferred > 0) {
+          await activity.wait(deferred);
+          continue;
+        }
         const nextFloor = performance.now() - lastHorizonCheck >= HORIZON_CHECK_MS ? await horizonFloor() : undefined;
         const { rows, readAt, sawAllBelow } = await readBatch(floor, maxRead, retained, Math.min(batchSize, maxInFlight - unsettled));
         // Raised only now, and only if this read (after the horizon check) took every row below.
         if (nextFloor !== undefined && nextFloor > floor && sawAllBelow) floor = nextFloor;
         if (failure !== undefined || stopping || lost()) break;
         if (rows.length === 0) {
+          deferringSince = undefined;
           issueDeletes();
           const recentlyWoken = performance.now() - lastWakeAt < 250;
           // A writer wakes us before its commit is visible, so look again soon after a wake-up.
@@ -503,6 +530,7 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
       return leading;
     },
     wake,
+    defer,
     whenLeading() {
       return leading ? Promise.resolve() : new Promise<void>((resolve) => leadingWaiters.push(resolve));
     },

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { context, ROOT_CONTEXT, trace, TraceFlags } from "@opentelemetry/api";
-import { enqueue, enqueueMany, startRelay, streamName, type PublishedEvent, type Relay } from "../../src/events/index.ts";
+import { enqueue, enqueueMany, insertOutboxRows, startRelay, streamName, type PublishedEvent, type Relay } from "../../src/events/index.ts";
 import { startTelemetry } from "../../src/telemetry.ts";
 import { TEST_NATS_URL } from "../../src/testing/harness.ts";
 import { readStream, setupEventsTest, spawnFixture, startNatsProxy, waitUntil, type EventsTestEnv, type Fixture } from "./support.ts";
@@ -213,5 +213,51 @@ test("while NATS is unreachable rows wait in the outbox, and go out in order onc
   } finally {
     await stopAll();
     await proxy.close();
+  }
+});
+
+test("a deferred relay starts no read until the deferral ends or a wake-up, and renewing it never holds events past the cap", async () => {
+  const published: PublishedEvent[] = [];
+  const leader = await relay({ onPublished: (e) => published.push(e) });
+  await leader.whenLeading();
+  // Rows written by SQL the way the allocator's batch writes them: nothing wakes the relay but its 100 ms poll.
+  const write = (tag: string, count: number) =>
+    env.sql.begin((tx) =>
+      insertOutboxRows(
+        tx,
+        tx`select gen_random_uuid() as event_id, ${`seats.changed.${tag}`}::text as subject, ${TYPE}::text as event_type, ${tag}::text as aggregate_id,
+             i::bigint as aggregate_version, '{}' as payload, i as position
+           from generate_series(1, ${count}::int) i`,
+        { traceparent: null, tracestate: null },
+      ),
+    );
+  const publishedOf = (tag: string) => published.filter((e) => e.subject === `seats.changed.${tag}`).length;
+
+  leader.defer(800);
+  await write("m-defer", 5);
+  await Bun.sleep(400);
+  expect(publishedOf("m-defer")).toBe(0);
+  await waitUntil(() => publishedOf("m-defer"), (n) => n === 5, 5000, "the deferred rows to go out");
+  await waitUntil(outboxCount, (n) => n === 0, 5000, "the outbox to empty");
+
+  leader.defer(10_000);
+  await write("m-woken", 5);
+  const wokenAt = performance.now();
+  leader.wake();
+  await waitUntil(() => publishedOf("m-woken"), (n) => n === 5, 5000, "the woken relay to publish");
+  expect(performance.now() - wokenAt).toBeLessThan(1500);
+  await waitUntil(outboxCount, (n) => n === 0, 5000, "the outbox to empty");
+
+  // A writer that keeps deferring (a stampede that never ends) holds its events back 2 s at most.
+  const renew = setInterval(() => leader.defer(500), 50);
+  try {
+    const startedAt = performance.now();
+    leader.defer(500);
+    await write("m-capped", 5);
+    await waitUntil(() => publishedOf("m-capped"), (n) => n === 5, 6000, "the capped deferral to let the rows out");
+    expect(performance.now() - startedAt).toBeGreaterThan(1500);
+  } finally {
+    clearInterval(renew);
+    await stopAll();
   }
 });
