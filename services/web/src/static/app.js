@@ -35,21 +35,39 @@
     if (element.matches("[data-job]")) return document.getElementById("job-list");
     return null;
   }
+  /** Replaces `existing` with `fresh`, keeping the focus on the same form's button. */
+  function swap(existing, fresh) {
+    const focusedForm = existing.contains(document.activeElement) ? document.activeElement.closest("form") : null;
+    existing.replaceWith(fresh);
+    const again = focusedForm && fresh.querySelector('form[action="' + focusedForm.getAttribute("action") + '"] button');
+    if (again) again.focus();
+    return fresh;
+  }
+  /**
+   * Brings `existing` up to date with `fresh` one level deep: only the children (table cells, job
+   * parts) that differ are replaced, so a button being pressed, and whatever has the focus, stay
+   * put while live updates arrive.
+   */
+  function morph(existing, fresh) {
+    const ownText = function (el) {
+      return Array.from(el.childNodes).filter(function (n) { return n.nodeType === 3; }).map(function (n) { return n.textContent.trim(); }).join("");
+    };
+    if (existing.tagName !== fresh.tagName || existing.children.length !== fresh.children.length || ownText(existing) !== ownText(fresh)) return swap(existing, fresh);
+    for (const attribute of Array.from(existing.attributes)) if (!fresh.hasAttribute(attribute.name)) existing.removeAttribute(attribute.name);
+    for (const attribute of Array.from(fresh.attributes)) if (existing.getAttribute(attribute.name) !== attribute.value) existing.setAttribute(attribute.name, attribute.value);
+    Array.from(fresh.children).forEach(function (child, i) {
+      const current = existing.children[i];
+      if (current.outerHTML !== child.outerHTML) swap(current, child);
+    });
+    return existing;
+  }
   /** Puts a fragment in place of the element with its id, or first in its list; returns the element. */
   function place(markup) {
-    const element = fragment(markup);
+    let element = fragment(markup);
     if (!element) return null;
     const existing = element.id && document.getElementById(element.id);
-    if (existing) {
-      const focusedForm = existing.contains(document.activeElement) ? document.activeElement.closest("form") : null;
-      const focusKey = focusedForm ? focusedForm.getAttribute("action") : null;
-      existing.replaceWith(element);
-      // Keep keyboard users where they were after a live update.
-      if (focusKey) {
-        const again = element.querySelector('form[action="' + focusKey + '"] button');
-        if (again) again.focus();
-      }
-    } else {
+    if (existing) element = morph(existing, element);
+    else {
       const container = containerFor(element);
       if (!container) return null;
       container.prepend(element);
@@ -207,7 +225,9 @@
     if (event.target instanceof Element && event.target.closest("[data-close-dialog]")) dialog.close();
   });
   if (dialog) dialog.addEventListener("close", function () {
-    if (opener && opener.isConnected) opener.focus();
+    // Back to the History button that opened it (found again if a live update replaced it).
+    const target = opener && (opener.isConnected ? opener : document.querySelector('a[data-history="' + opener.dataset.history + '"]'));
+    if (target) target.focus();
   });
 
   // ---- Uploads: drag and drop, streamed to ingest, then followed live -------------------------

@@ -1,0 +1,277 @@
+/**
+ * The dashboard end to end in real Chromium against the four running services, the demo registrar
+ * and an SMTP server, all on loopback: sign in, add a monitor (bad input first), see a seat change
+ * arrive without a reload, pause and resume, read the history; upload a PDF by drag and drop and
+ * watch the bar reach 100 and the outline appear; a registrar creates a course and sees its
+ * counts move; a student's enrollment decision and waitlist position arrive live. A screenshot of
+ * each page is saved to .tmp/screenshots/web/.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import puppeteer, { type Browser, type BrowserContext, type Page } from "puppeteer-core";
+import { EnrollmentServiceClient } from "@coursemesh/proto/coursemesh/allocator/v1/allocator.ts";
+import { createClient, unary } from "@coursemesh/shared/grpc/client.ts";
+import { eventually } from "@coursemesh/shared/testing/eventually.ts";
+import { testToken } from "@coursemesh/shared/testing/harness.ts";
+import { coursePdf } from "../../ingest/test/pdfs.ts";
+import { startSmtp, type TestSmtp } from "../../notifier/test/helpers.ts";
+import { startRegistrar, type Registrar } from "../../scraper/src/demo/registrar.ts";
+import { startStack, type Stack } from "./stack.ts";
+
+// Functions given to page.evaluate and friends run in the browser; these name its globals for the
+// type checker (this project compiles without the DOM library).
+declare const document: any;
+declare const window: any;
+declare const DataTransfer: any;
+declare const DragEvent: any;
+declare const MutationObserver: any;
+
+const SCREENSHOTS = new URL("../../../.tmp/screenshots/web/", import.meta.url).pathname;
+const WAIT_MS = 20_000;
+
+let stack: Stack;
+let smtp: TestSmtp;
+let registrar: Registrar;
+let browser: Browser;
+let profile: string;
+
+beforeAll(async () => {
+  mkdirSync(SCREENSHOTS, { recursive: true });
+  smtp = await startSmtp();
+  registrar = startRegistrar({ renderDelayMs: 200 });
+  stack = await startStack({
+    backends: ["notifier", "scraper", "allocator", "ingest"],
+    env: {
+      notifier: { NOTIFIER_SMTP_URL: smtp.url, NOTIFIER_POLL_MS: "100", NOTIFIER_COALESCE_SECONDS: "0" },
+      scraper: {
+        SCRAPER_ALLOW_PRIVATE_HOSTS: "true",
+        SCRAPER_MIN_INTERVAL_SECONDS: "1",
+        SCRAPER_POLL_MS: "100",
+        SCRAPER_CHECK_TIMEOUT_MS: "8000",
+        SCRAPER_HOST_GAP_MS: "0",
+      },
+      // Requests are accepted but decided only at SIGUSR2, so the test sees a decision arrive.
+      allocator: { ALLOCATOR_PAUSED: "true" },
+    },
+  });
+  profile = mkdtempSync(join(tmpdir(), "cm-web-e2e-"));
+  browser = await puppeteer.launch({
+    executablePath: "/usr/bin/chromium",
+    headless: true,
+    userDataDir: profile,
+    pipe: true,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-dev-shm-usage",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--disable-extensions",
+      // Loopback only: no name resolves, so nothing leaves the machine.
+      "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ],
+    env: { ...process.env, XDG_CONFIG_HOME: join(profile, "xdg-config"), XDG_CACHE_HOME: join(profile, "xdg-cache") },
+  });
+}, 120_000);
+
+afterAll(async () => {
+  await browser?.close().catch(() => {});
+  if (profile) rmSync(profile, { recursive: true, force: true });
+  await stack?.stop();
+  await registrar?.stop();
+  await smtp?.close();
+}, 60_000);
+
+/** A browser context of its own (cookies included), signed in through the sign-in form. */
+async function signIn(subject: string, roles: ("student" | "registrar" | "operator")[], email?: string): Promise<{ context: BrowserContext; page: Page }> {
+  const context = await browser.createBrowserContext();
+  const page = await context.newPage();
+  await page.setViewport({ width: 1280, height: 900 });
+  await page.goto(`${stack.web.httpUrl}/monitors`);
+  // Without a session, the dashboard shows the sign-in page.
+  expect(new URL(page.url()).pathname).toBe("/signin");
+  await page.type("#token", await testToken(subject, roles, email));
+  await Promise.all([page.waitForNavigation(), page.click("button[type=submit]")]);
+  expect(new URL(page.url()).pathname).not.toBe("/signin");
+  return { context, page };
+}
+
+async function shot(page: Page, name: string) {
+  await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
+}
+
+const text = (page: Page, selector: string) => page.$eval(selector, (el) => (el.textContent ?? "").trim()).catch(() => "");
+
+test("sign in, add a monitor, see a seat change live, pause and resume, read the history", async () => {
+  const { context, page } = await signIn("erin", ["student"], "erin@example.edu");
+  await page.goto(`${stack.web.httpUrl}/signin`);
+  await shot(page, "signin");
+  await page.goto(`${stack.web.httpUrl}/monitors`);
+  expect(await page.$$eval("nav a", (links) => links.map((a) => a.textContent))).toEqual(["Enrollment", "Monitors", "Uploads"]);
+
+  // Bad input: the scraper's own message appears next to the field, nothing is added.
+  await page.type("#monitor-url", "registrar.example/schedule");
+  await page.type("#monitor-course_code", "CMPUT 201");
+  await page.type("#monitor-section", "LEC A1");
+  await page.click("form[data-action=create] button[type=submit]");
+  await page.waitForFunction(() => (document.querySelector("#monitor-url-error")?.textContent ?? "") !== "", { timeout: WAIT_MS });
+  expect(await text(page, "#monitor-url-error")).toBe("must be an absolute http(s) URL");
+  expect(await page.$eval("#monitor-url", (el) => el.getAttribute("aria-invalid"))).toBe("true");
+  expect(await page.$$("tr[data-monitor]")).toHaveLength(0);
+  await shot(page, "monitors-bad-input");
+
+  // A good monitor on the demo registrar.
+  registrar.setSeats("web", "CMPUT 201", "LEC A1", { open: 1, capacity: 30, waitlist: 0 });
+  await page.$eval("#monitor-url", (el) => ((el as any).value = ""));
+  await page.type("#monitor-url", `${registrar.url}/pages/web`);
+  await page.$eval("#monitor-interval_seconds", (el) => ((el as any).value = "1"));
+  await page.type("#monitor-notify_emails", "erin@example.edu");
+  await page.click("form[data-action=create] button[type=submit]");
+  await page.waitForSelector("tr[data-monitor]", { timeout: WAIT_MS });
+  expect(await text(page, "#monitor-url-error")).toBe("");
+  await page.waitForFunction(() => document.querySelector("[data-seats]")?.textContent === "1/30 open", { timeout: WAIT_MS });
+  // Marks this page load: a reload would forget it.
+  await page.evaluate(() => (window.sameLoad = true));
+
+  registrar.setSeats("web", "CMPUT 201", "LEC A1", { open: 3, capacity: 30, waitlist: 0 });
+  await page.waitForFunction(() => document.querySelector("[data-seats]")?.textContent === "3/30 open", { timeout: WAIT_MS });
+  expect(await page.evaluate(() => window.sameLoad)).toBe(true);
+  expect(await text(page, "[data-live-status]")).toContain("1/30 open → 3/30 open");
+  expect(await text(page, "tr[data-monitor] td[data-label=Health]")).toBe("Healthy");
+  expect(await text(page, "tr[data-monitor] td[data-label='Last checked']")).toMatch(/^\d+ s ago$/);
+  await shot(page, "monitors");
+  // On a phone the table becomes cards and nothing scrolls sideways.
+  await page.setViewport({ width: 390, height: 844 });
+  expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+  await shot(page, "monitors-phone");
+  await page.setViewport({ width: 1280, height: 900 });
+
+  // Pause and resume keep the monitor's state.
+  await page.click("form[data-action=pause] button");
+  await page.waitForSelector("tr[data-monitor][data-mode=PAUSED]", { timeout: WAIT_MS });
+  expect(await text(page, "[data-seats]")).toBe("3/30 open");
+  await page.click("form[data-action=resume] button");
+  await page.waitForSelector("tr[data-monitor][data-mode=ACTIVE]", { timeout: WAIT_MS });
+  expect(await text(page, "[data-seats]")).toBe("3/30 open");
+  expect(await page.evaluate(() => window.sameLoad)).toBe(true);
+
+  // The history: the change and the email it caused, in a modal that the keyboard can close.
+  await smtp.waitFor(1, WAIT_MS);
+  await page.click("a[data-history]");
+  await page.waitForFunction(() => document.querySelector("#history-dialog [data-history-list]")?.textContent?.includes("erin@example.edu"), { timeout: WAIT_MS });
+  const history = await text(page, "#history-dialog [data-history-list]");
+  expect(history).toContain("1/30 open → 3/30 open");
+  expect(history).toMatch(/(Sent|Pending): .* to erin@example\.edu/);
+  expect(await page.$eval("#history-dialog", (el) => (el as any).open)).toBe(true);
+  await shot(page, "monitor-history");
+  await page.keyboard.press("Escape");
+  await page.waitForFunction(() => !document.querySelector("#history-dialog").open, { timeout: WAIT_MS });
+  expect(await page.evaluate(() => document.activeElement?.hasAttribute("data-history"))).toBe(true);
+  await context.close();
+}, 90_000);
+
+test("upload a PDF by drag and drop: the bar reaches 100 and the outline appears", async () => {
+  const { context, page } = await signIn("ulla", ["student"]);
+  await page.goto(`${stack.web.httpUrl}/uploads`);
+  await page.type("#upload-course_title", "CMPUT 201 notes");
+  const { bytes } = await coursePdf();
+  await page.evaluate((base64: string) => {
+    const binary = atob(base64);
+    const data = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) data[i] = binary.charCodeAt(i);
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([data], "cmput201.pdf", { type: "application/pdf" }));
+    document.querySelector("[data-dropzone]")!.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+  }, Buffer.from(bytes).toString("base64"));
+  expect(await page.$eval("#upload-files", (el) => (el as any).files?.[0]?.name)).toBe("cmput201.pdf");
+  // Progress seen on the page, as the live stream moved it.
+  await page.evaluate(() => {
+    const seen: number[] = [];
+    window.progressSeen = seen;
+    new MutationObserver(() => {
+      const bar = document.querySelector("[data-job] progress");
+      if (bar && seen.at(-1) !== bar.value) seen.push(bar.value);
+    }).observe(document.getElementById("job-list")!, { childList: true, subtree: true, attributes: true });
+  });
+  await page.click("form[data-upload] button[type=submit]");
+  await page.waitForSelector("[data-job][data-status=COMPLETED] [data-outline]", { timeout: 60_000 });
+  expect(await page.$eval("[data-job] progress", (el) => (el as any).value)).toBe(100);
+  const seen = await page.evaluate(() => window.progressSeen as number[]);
+  expect(seen.at(-1)).toBe(100);
+  expect([...seen].sort((a, b) => a - b)).toEqual(seen);
+  const modules = await page.$$eval("[data-outline] li", (items) => items.map((li) => li.textContent ?? ""));
+  expect(modules.length).toBeGreaterThan(1);
+  expect(modules.every((m) => /pages \d+–\d+/.test(m))).toBe(true);
+  await shot(page, "uploads");
+
+  // A file that is not a PDF gets ingest's own message next to the file field.
+  await page.type("#upload-course_title", "Not a PDF");
+  const input = await page.$("#upload-files");
+  const notPdf = join(profile, "notes.txt");
+  await Bun.write(notPdf, "plain text, not a PDF\n".repeat(10));
+  await (input as unknown as { uploadFile(path: string): Promise<void> }).uploadFile(notPdf);
+  await page.click("form[data-upload] button[type=submit]");
+  await page.waitForFunction(() => (document.querySelector("#upload-files-error")?.textContent ?? "") !== "", { timeout: WAIT_MS });
+  expect(await text(page, "#upload-files-error")).toContain("not a PDF");
+  await context.close();
+}, 90_000);
+
+test("a registrar's course counts and a student's decision and waitlist position arrive live", async () => {
+  const registrarSession = await signIn("rita", ["registrar"]);
+  const courses = registrarSession.page;
+  await courses.goto(`${stack.web.httpUrl}/courses`);
+  await courses.type("#course-code", "WEB 101");
+  await courses.type("#course-title", "Dashboards");
+  await courses.type("#course-capacity", "1");
+  await courses.click("form[data-action=create] button[type=submit]");
+  await courses.waitForSelector("tr[data-course]", { timeout: WAIT_MS });
+  const courseId = await courses.$eval("tr[data-course]", (el) => el.getAttribute("data-course")!);
+
+  // Someone else asks first (decisions are paused, so the request waits).
+  const allocator = createClient(EnrollmentServiceClient, stack.services.allocator!.grpcAddress, { caller: "test" });
+  await unary(allocator.enroll.bind(allocator), { idempotencyKey: "first", studentId: "fay", courseId, priority: 0, wait: false }, { token: await testToken("rita", ["registrar"]) });
+  allocator.close();
+  await courses.waitForFunction(() => document.querySelector("tr[data-course] [data-pending]")?.textContent === "1", { timeout: WAIT_MS });
+  await shot(courses, "courses");
+
+  const { context, page } = await signIn("sam", ["student"]);
+  await page.goto(`${stack.web.httpUrl}/enrollment`);
+  await page.select("#enroll-course_id", courseId);
+  await page.click("form[data-action=enroll] button[type=submit]");
+  await page.waitForSelector("[data-request][data-status=PENDING]", { timeout: WAIT_MS });
+  await page.evaluate(() => (window.sameLoad = true));
+
+  // Decisions resume: fay has the seat, sam is first on the waitlist; both pages follow.
+  stack.services.allocator!.process.kill("SIGUSR2");
+  await page.waitForSelector("[data-request][data-status=WAITLISTED]", { timeout: WAIT_MS });
+  expect(await text(page, "[data-request-detail]")).toBe("Waitlist position 1");
+  expect(await page.evaluate(() => window.sameLoad)).toBe(true);
+  await shot(page, "enrollment");
+  await courses.waitForFunction(
+    () => document.querySelector("tr[data-course] [data-seats-taken]")?.textContent === "1 / 1" && document.querySelector("tr[data-course] [data-waitlist]")?.textContent === "1",
+    { timeout: WAIT_MS },
+  );
+  await context.close();
+  await registrarSession.context.close();
+}, 90_000);
+
+test("a signed-out browser and a forged cookie get the sign-in page, never data", async () => {
+  const { context, page } = await signIn("erin", ["student"], "erin@example.edu");
+  await page.goto(`${stack.web.httpUrl}/monitors`);
+  expect(await page.$$("tr[data-monitor]")).toHaveLength(1);
+  await Promise.all([page.waitForNavigation(), page.click(".signout button")]);
+  expect(new URL(page.url()).pathname).toBe("/signin");
+  await page.goto(`${stack.web.httpUrl}/monitors`);
+  expect(new URL(page.url()).pathname).toBe("/signin");
+
+  await page.setCookie({ name: "cm_session", value: `${await testToken("erin", ["student"])}x`, url: stack.web.httpUrl });
+  await page.goto(`${stack.web.httpUrl}/monitors`);
+  expect(new URL(page.url()).pathname).toBe("/signin");
+  expect(await page.$$("tr[data-monitor]")).toHaveLength(0);
+  await eventually(async () => (await page.cookies()).every((c) => c.name !== "cm_session"), 5000, "the forged cookie to be cleared");
+  await context.close();
+}, 60_000);
