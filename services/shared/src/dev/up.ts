@@ -159,7 +159,8 @@ function tokenForm(html: string, pageUrl: string): { action: string; hidden: Rec
 /**
  * What a newcomer does first with the dashboard, without a browser: its liveness answers, a visit
  * to its front page ends on the sign-in page, and pasting a dev token there signs in (so the
- * dashboard trusts the tokens `bun run token` mints). Throws otherwise.
+ * dashboard trusts the tokens `bun run token` mints) and opens a page of the services' data.
+ * Throws otherwise.
  */
 async function checkDashboard(baseUrl: string, token: string): Promise<string> {
   const timeout = () => AbortSignal.timeout(10_000);
@@ -184,14 +185,15 @@ async function checkDashboard(baseUrl: string, token: string): Promise<string> {
   await signIn.arrayBuffer();
   const session = signIn.headers.getSetCookie().find((cookie) => cookie.startsWith("cm_session="))?.split(";")[0];
   if (!session) throw new Error(`signing in to the dashboard with a dev token failed (HTTP ${signIn.status})`);
-  // Signed in, the front page sends a person to their first area instead of back to sign-in.
-  const home = await fetch(`${baseUrl}/`, { headers: { cookie: session }, redirect: "manual", signal: timeout() });
+  // Signed in, the front page leads to the person's first area, a page the services' data fills
+  // (the dashboard calls them with the token), not back to sign-in.
+  const home = await fetch(`${baseUrl}/`, { headers: { cookie: session }, signal: timeout() });
   await home.arrayBuffer();
-  const next = new URL(home.headers.get("location") ?? "/", baseUrl);
-  if (home.status >= 400 || next.pathname === new URL(front.url).pathname) {
-    throw new Error(`the dashboard did not accept the session after signing in (HTTP ${home.status}, to ${next.pathname})`);
+  const isPage = home.ok && (home.headers.get("content-type") ?? "").startsWith("text/html");
+  if (!isPage || new URL(home.url).pathname === new URL(front.url).pathname) {
+    throw new Error(`the dashboard did not open after signing in (HTTP ${home.status} at ${home.url})`);
   }
-  return `sign-in page at ${front.url}; a registrar's dev token signs in (to ${next.href})`;
+  return `sign-in page at ${front.url}; a registrar's dev token signs in and opens ${home.url}`;
 }
 
 async function stopAll(): Promise<void> {
