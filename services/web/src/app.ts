@@ -3,14 +3,15 @@
  * request but sign-in and static files needs a valid session cookie; every change needs the CSRF
  * token and a same-origin request.
  */
-import type { Principal } from "@coursemesh/shared/auth.ts";
+import type { Authenticator, Principal } from "@coursemesh/shared/auth.ts";
 import type { Logger } from "@coursemesh/shared/logger.ts";
+import { SpanKind, withSpan } from "@coursemesh/shared/telemetry.ts";
+import { webRequests } from "./metrics.ts";
 import { signInPage } from "./pages/signin.ts";
 import { htmlResponse, redirect, wantsJson, withSecurityHeaders } from "./respond.ts";
 import { areasFor } from "./roles.ts";
 import { clearedSessionCookie, csrfMatches, csrfToken, CSRF_FIELD, CSRF_HEADER, REQUESTS_COOKIE, sameOrigin, sessionCookie, sessionOf, verifyToken } from "./session.ts";
 import { serveStatic } from "./static.ts";
-import type { Authenticator } from "@coursemesh/shared/auth.ts";
 
 /** A parsed form body. */
 export type Form = Awaited<ReturnType<Request["formData"]>>;
@@ -61,6 +62,13 @@ function compile(route: Route): CompiledRoute {
   return { ...route, pattern: new RegExp(`^${source}$`), names };
 }
 
+/** The route pattern a path matched, for metric labels. */
+function routeLabel(pathname: string, routes: CompiledRoute[]): string {
+  if (pathname.startsWith("/static/")) return "/static";
+  if (pathname === "/" || pathname === "/signin" || pathname === "/signout") return pathname;
+  return routes.find((route) => route.pattern.test(pathname))?.path ?? "other";
+}
+
 /** The request handler of the dashboard (falls through to the ops routes for anything it does not know). */
 export function createWebApp(options: WebAppOptions): (request: Request) => Promise<Response | undefined> {
   const routes = options.routes.map(compile);
@@ -68,10 +76,11 @@ export function createWebApp(options: WebAppOptions): (request: Request) => Prom
 
   function signedOut(request: Request, hadCookie: boolean): Response {
     const headers: Record<string, string> = hadCookie ? { "set-cookie": clearedSessionCookie(cookieOptions) } : {};
-    if (request.method !== "GET" || wantsJson(request) || (request.headers.get("accept") ?? "").includes("text/event-stream")) {
+    if (wantsJson(request) || (request.headers.get("accept") ?? "").includes("text/event-stream")) {
       return Response.json({ error: "sign in first", signIn: "/signin" }, { status: 401, headers });
     }
-    return new Response(null, { status: 302, headers: { location: "/signin", ...headers } });
+    // A page, or a plain form post from an expired session: to the sign-in page, nothing done.
+    return new Response(null, { status: request.method === "GET" ? 302 : 303, headers: { location: "/signin", ...headers } });
   }
 
   async function signIn(request: Request): Promise<Response> {
@@ -141,11 +150,18 @@ export function createWebApp(options: WebAppOptions): (request: Request) => Prom
         }
       }
     }
-    return matched.route.handler({ request, url, params: matched.params, principal, token, csrf, form });
+    const route = matched.route;
+    return withSpan(`web.${method} ${route.path}`, { kind: SpanKind.SERVER, attributes: { "http.request.method": method, "http.route": route.path } }, async (span) => {
+      const response = await route.handler({ request, url, params: matched.params, principal, token, csrf, form });
+      span.setAttribute("http.response.status_code", response.status);
+      return response;
+    });
   }
 
   return async (request) => {
     const response = await handle(request);
-    return response ? withSecurityHeaders(response) : undefined;
+    if (!response) return undefined;
+    webRequests.inc({ method: request.method, route: routeLabel(new URL(request.url).pathname, routes), status: String(response.status) });
+    return withSecurityHeaders(response);
   };
 }

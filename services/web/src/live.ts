@@ -8,7 +8,7 @@ import type { Logger } from "@coursemesh/shared/logger.ts";
 import { toWebError } from "./errors.ts";
 
 /** Streams one user may hold open at once (tabs × pages); more get 429. */
-export const MAX_STREAMS_PER_USER = 8;
+export const MAX_STREAMS_PER_USER = 16;
 const HEARTBEAT_MS = 15_000;
 
 export interface LiveSink {

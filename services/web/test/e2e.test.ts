@@ -54,6 +54,7 @@ beforeAll(async () => {
       },
       // Requests are accepted but decided only at SIGUSR2, so the test sees a decision arrive.
       allocator: { ALLOCATOR_PAUSED: "true" },
+      web: { WEB_MAX_UPLOAD_BYTES: String(2 * 1024 * 1024) },
     },
   });
   profile = mkdtempSync(join(tmpdir(), "cm-web-e2e-"));
@@ -171,6 +172,15 @@ test("sign in, add a monitor, see a seat change live, pause and resume, read the
   await page.keyboard.press("Escape");
   await page.waitForFunction(() => !document.querySelector("#history-dialog").open, { timeout: WAIT_MS });
   expect(await page.evaluate(() => document.activeElement?.hasAttribute("data-history"))).toBe(true);
+
+  // Check now answers with a fresh check; delete (confirmed) removes the row.
+  const checkedBefore = await page.$eval("tr[data-monitor] time", (el) => el.getAttribute("datetime"));
+  await page.click("form[data-action=check] button");
+  await page.waitForFunction((before: string) => document.querySelector("tr[data-monitor] time")?.getAttribute("datetime") !== before, { timeout: WAIT_MS }, checkedBefore!);
+  page.once("dialog", (dialog) => void dialog.accept());
+  await page.click("form[data-action=delete] button");
+  await page.waitForFunction(() => document.querySelectorAll("tr[data-monitor]").length === 0, { timeout: WAIT_MS });
+  expect(await page.$eval("[data-empty]", (el) => (el as any).hidden)).toBe(false);
   await context.close();
 }, 90_000);
 
@@ -217,6 +227,17 @@ test("upload a PDF by drag and drop: the bar reaches 100 and the outline appears
   await page.click("form[data-upload] button[type=submit]");
   await page.waitForFunction(() => (document.querySelector("#upload-files-error")?.textContent ?? "") !== "", { timeout: WAIT_MS });
   expect(await text(page, "#upload-files-error")).toContain("not a PDF");
+
+  // Too large: refused before ingest gets it all, the limit named next to the file field.
+  const big = join(profile, "big.pdf");
+  await Bun.write(big, new Uint8Array(3 * 1024 * 1024).fill(32));
+  await page.$eval("#upload-files-error", (el) => (el.textContent = ""));
+  await (input as unknown as { uploadFile(path: string): Promise<void> }).uploadFile(big);
+  await page.type("#upload-course_title", "Too big");
+  await page.click("form[data-upload] button[type=submit]");
+  await page.waitForFunction(() => (document.querySelector("#upload-files-error")?.textContent ?? "") !== "", { timeout: WAIT_MS });
+  expect(await text(page, "#upload-files-error")).toContain("larger than 2 MiB");
+  expect(await page.$$("[data-job]")).toHaveLength(1);
   await context.close();
 }, 90_000);
 
@@ -262,7 +283,7 @@ test("a registrar's course counts and a student's decision and waitlist position
 test("a signed-out browser and a forged cookie get the sign-in page, never data", async () => {
   const { context, page } = await signIn("erin", ["student"], "erin@example.edu");
   await page.goto(`${stack.web.httpUrl}/monitors`);
-  expect(await page.$$("tr[data-monitor]")).toHaveLength(1);
+  expect(await page.$("#monitor-rows")).not.toBeNull();
   await Promise.all([page.waitForNavigation(), page.click(".signout button")]);
   expect(new URL(page.url()).pathname).toBe("/signin");
   await page.goto(`${stack.web.httpUrl}/monitors`);
@@ -271,7 +292,7 @@ test("a signed-out browser and a forged cookie get the sign-in page, never data"
   await page.setCookie({ name: "cm_session", value: `${await testToken("erin", ["student"])}x`, url: stack.web.httpUrl });
   await page.goto(`${stack.web.httpUrl}/monitors`);
   expect(new URL(page.url()).pathname).toBe("/signin");
-  expect(await page.$$("tr[data-monitor]")).toHaveLength(0);
+  expect(await page.$("#monitor-rows")).toBeNull();
   await eventually(async () => (await page.cookies()).every((c) => c.name !== "cm_session"), 5000, "the forged cookie to be cleared");
   await context.close();
 }, 60_000);

@@ -59,7 +59,9 @@ describe("without a valid session there is only the sign-in page, never data", (
     const stream = await fetch(`${base}/live/courses`, { headers: { accept: "text/event-stream" } });
     expect(stream.status).toBe(401);
     const change = await post("/courses", undefined, { code: "NOPE 100", title: "No", capacity: "5" });
-    expect(change.status).toBe(401);
+    expect([change.status, change.headers.get("location")]).toEqual([303, "/signin"]);
+    const scripted = await post("/courses", undefined, { code: "NOPE 100", title: "No", capacity: "5" }, { accept: "application/json" });
+    expect(scripted.status).toBe(401);
     expect(await courseCodes()).not.toContain("NOPE 100");
   });
 
@@ -111,6 +113,21 @@ describe("changes need the session's CSRF token, from the dashboard's own origin
     const real = await post("/courses", registrar, { code: "CSRF 101", title: "Real", capacity: "5", csrf: csrfToken(WEB_SESSION_SECRET, registrar) });
     expect(real.status).toBe(303);
     expect(await courseCodes()).toContain("CSRF 101");
+  });
+});
+
+describe("uploads need the CSRF field too", () => {
+  const upload = (headers: Record<string, string>, fields: [string, string | Blob, string?][]) => {
+    const form = new FormData();
+    for (const [name, value, filename] of fields) if (typeof value === "string") form.append(name, value);
+    else form.append(name, value, filename);
+    return fetch(`${base}/uploads`, { method: "POST", headers: { cookie: cookie(student), ...origin(), accept: "application/json", ...headers }, body: form });
+  };
+  const pdf = new Blob(["%PDF-1.4 not much of a PDF"], { type: "application/pdf" });
+
+  test("without the CSRF field before the files: 403, and nothing is sent on", async () => {
+    const response = await upload({}, [["course_title", "Notes"], ["files", pdf, "notes.pdf"]]);
+    expect(response.status).toBe(403);
   });
 });
 
@@ -176,6 +193,22 @@ describe("what a role sees", () => {
     expect(document.querySelectorAll("script:not([src])").length).toBe(0);
     expect(document.querySelectorAll("[style]").length).toBe(0);
   });
+});
+
+test("live streams are bounded per user; the dashboard's own series are on /metrics", async () => {
+  const open: Response[] = [];
+  for (let i = 0; i < 16; i++) open.push(await fetch(`${base}/live/courses`, { headers: { cookie: cookie(registrar), accept: "text/event-stream" } }));
+  expect(open.every((r) => r.status === 200)).toBe(true);
+  const refused = await fetch(`${base}/live/courses`, { headers: { cookie: cookie(registrar), accept: "text/event-stream" } });
+  expect(refused.status).toBe(429);
+  const metrics = await (await fetch(`${base}/metrics`)).text();
+  expect(metrics).toMatch(/web_live_streams\{service="web"\} 16/);
+  expect(metrics).toContain('web_http_requests_total{method="GET",route="/live/courses",status="429",service="web"} 1');
+  await Promise.all(open.map((r) => r.body!.cancel()));
+  // The streams end on the server when the browser leaves.
+  const deadline = Date.now() + 10_000;
+  while (!/web_live_streams\{service="web"\} 0/.test(await (await fetch(`${base}/metrics`)).text()) && Date.now() < deadline) await Bun.sleep(100);
+  expect(await (await fetch(`${base}/metrics`)).text()).toMatch(/web_live_streams\{service="web"\} 0/);
 });
 
 test("a course's counts arrive on its live stream; SIGTERM ends the stream and the process exits 0", async () => {
