@@ -122,22 +122,40 @@ export function createLiveStreams(logger: Logger): LiveStreams {
   };
 }
 
+/** Most items (jobs, requests) one live stream follows; browsers hold few connections per site. */
+export const MAX_ITEMS_PER_STREAM = 20;
+
 /**
- * Relays a gRPC server stream to a browser: `onMessage` sends what each message means; an error
- * (other than the browser leaving) is sent as "failure" and ends the stream, so the browser
- * reconnects (e.g. to another replica); the server ending the stream is sent as "end" when
- * `endIsFinal` (a finished job or decided request: the browser stops listening). Returns the
- * cleanup that cancels the call.
+ * Relays gRPC server streams to one browser stream: `onMessage` sends what each message means. A
+ * call that fails because its item is gone or not the user's is dropped; any other failure (a
+ * replica stopping) is sent as "failure" and ends the browser stream, which reconnects. When every
+ * call has ended, "end" is sent if `endIsFinal` (finished jobs, decided requests: the browser stops
+ * listening) and the stream closes. Returns the cleanup that cancels the calls.
  */
-export function relayStream<T>(sink: LiveSink, call: grpc.ClientReadableStream<T>, onMessage: (message: T) => void, options: { endIsFinal: boolean }): () => void {
-  call.on("data", onMessage);
-  call.on("error", (error) => {
-    if (!sink.signal.aborted) sink.send("failure", { message: toWebError(error).message });
-    sink.close();
-  });
-  call.on("end", () => {
+export function relayStreams<T>(sink: LiveSink, calls: grpc.ClientReadableStream<T>[], onMessage: (message: T) => void, options: { endIsFinal: boolean }): () => void {
+  let open = calls.length;
+  const ended = () => {
+    open -= 1;
+    if (open > 0) return;
     if (options.endIsFinal) sink.send("end", {});
     sink.close();
-  });
-  return () => call.cancel();
+  };
+  for (const call of calls) {
+    call.on("data", onMessage);
+    call.on("error", (error: grpc.ServiceError) => {
+      if (sink.signal.aborted) return;
+      const failure = toWebError(error);
+      if (failure.status === 404 || failure.status === 403 || failure.status === 400) return ended();
+      sink.send("failure", { message: failure.message });
+      sink.close();
+    });
+    call.on("end", ended);
+  }
+  if (calls.length === 0) ended();
+  return () => calls.forEach((call) => call.cancel());
+}
+
+/** The item ids a stream URL asks for (`?id=a&id=b`), deduplicated and bounded. */
+export function watchedIds(url: URL): string[] {
+  return [...new Set(url.searchParams.getAll("id").filter((id) => /^[0-9a-f-]{1,64}$/i.test(id)))].slice(0, MAX_ITEMS_PER_STREAM);
 }

@@ -8,7 +8,7 @@ import { bearer, unary } from "@coursemesh/shared/grpc/client.ts";
 import { EnrollmentStatus, type Course, type Enrollment, type WatchRequestResponse } from "@coursemesh/proto/coursemesh/allocator/v1/allocator.ts";
 import type { Route, RouteContext } from "../app.ts";
 import { toWebError } from "../errors.ts";
-import { relayStream } from "../live.ts";
+import { relayStreams, watchedIds } from "../live.ts";
 import { csrfField, done, field, formMessage, refused, type FormState } from "../forms.ts";
 import { badge, enumName, label, relativeTime } from "../format.ts";
 import { html, type Html } from "../html.ts";
@@ -22,7 +22,6 @@ import { listAllCourses } from "./courses.ts";
 
 const FORM = "enroll";
 const MAX_REMEMBERED = 20;
-const TERMINAL = new Set([EnrollmentStatus.ENROLLMENT_STATUS_REJECTED, EnrollmentStatus.ENROLLMENT_STATUS_DROPPED]);
 
 function statusOf(enrollment: Enrollment): string {
   return enumName(EnrollmentStatus, enrollment.status, "ENROLLMENT_STATUS_");
@@ -49,7 +48,7 @@ export function requestItem(enrollment: Enrollment, csrf: string): Html {
         : enrollment.message || enrollment.reason;
   const mayDrop = status === "ENROLLED" || status === "WAITLISTED";
   return html`<li id="request-${enrollment.requestId}" class="job request" data-request="${enrollment.requestId}" data-status="${status}"${
-    status === "PENDING" || status === "WAITLISTED" ? html` data-live="/live/requests/${enrollment.requestId}"` : ""
+    status === "PENDING" || status === "WAITLISTED" ? html` data-watch="requests"` : ""
   }>
   <strong>${enrollment.courseCode || enrollment.courseId}</strong>
   <span data-request-status>${badge(label(status), tone)}</span>
@@ -185,17 +184,16 @@ export function enrollmentRoutes(deps: RouteDeps): Route[] {
     },
     {
       method: "GET",
-      path: "/live/requests/:id",
+      path: "/live/requests",
       handler(ctx) {
         return deps.live.open(ctx.principal.subject, (sink) => {
-          const call: grpc.ClientReadableStream<WatchRequestResponse> = client.watchRequest({ requestId: ctx.params.id! }, bearer(ctx.token));
-          return relayStream(
+          const calls: grpc.ClientReadableStream<WatchRequestResponse>[] = watchedIds(ctx.url).map((requestId) => client.watchRequest({ requestId }, bearer(ctx.token)));
+          // WatchRequest ends once its request is decided for good; when all have, the browser stops listening.
+          return relayStreams(
             sink,
-            call,
+            calls,
             ({ enrollment }) => {
-              if (!enrollment) return;
-              sink.send("request", { id: enrollment.requestId, status: statusOf(enrollment), html: requestItem(enrollment, ctx.csrf).value });
-              if (TERMINAL.has(enrollment.status)) sink.send("end", {});
+              if (enrollment) sink.send("request", { id: enrollment.requestId, status: statusOf(enrollment), html: requestItem(enrollment, ctx.csrf).value });
             },
             { endIsFinal: true },
           );

@@ -21,7 +21,7 @@ import { badge, enumName, label, relativeTime } from "../format.ts";
 import { html, type Html } from "../html.ts";
 import { areaPage } from "../layout.ts";
 import { htmlResponse, wantsJson } from "../respond.ts";
-import { relayStream } from "../live.ts";
+import { relayStreams } from "../live.ts";
 import type { RouteDeps } from "../routes.ts";
 
 const FORM = "monitor";
@@ -276,9 +276,9 @@ export function monitorRoutes({ backends, live }: RouteDeps): Route[] {
         return live.open(ctx.principal.subject, (sink) => {
           const call: grpc.ClientReadableStream<WatchMonitorsResponse> = scraper.watchMonitors({ ids: [] }, bearer(ctx.token));
           // WatchMonitors only ends when a replica stops: the browser reconnects.
-          return relayStream(
+          return relayStreams(
             sink,
-            call,
+            [call],
             ({ monitor, change }) => {
               if (!monitor) return;
               sink.send("monitor", {

@@ -13,7 +13,7 @@ import { badge, enumName, label, relativeTime } from "../format.ts";
 import { html, type Html } from "../html.ts";
 import { areaPage } from "../layout.ts";
 import { htmlResponse } from "../respond.ts";
-import { relayStream } from "../live.ts";
+import { relayStreams, watchedIds } from "../live.ts";
 import type { RouteDeps } from "../routes.ts";
 import { csrfMatches } from "../session.ts";
 import { streamUpload, UploadRefused } from "../upload.ts";
@@ -45,7 +45,7 @@ export function jobCard(job: Job, csrf: string): Html {
   const files = job.documents.map((d) => d.filename).join(", ");
   const action = (name: "cancel" | "retry", text: string) =>
     html`<form method="post" action="/uploads/${job.id}/${name}" data-enhance data-action="${name}">${csrfField(csrf)}<button type="submit" class="secondary">${text}</button></form>`;
-  return html`<article id="job-${job.id}" class="job" data-job="${job.id}" data-status="${status}"${LIVE.has(job.status) ? html` data-live="/live/jobs/${job.id}"` : ""}>
+  return html`<article id="job-${job.id}" class="job" data-job="${job.id}" data-status="${status}"${LIVE.has(job.status) ? html` data-watch="jobs"` : ""}>
   <h3>${job.courseTitle} ${badge(label(status), tone)}</h3>
   <p class="muted">${files || "—"} · uploaded ${relativeTime(job.createdAt)}${job.attempts > 1 ? ` · attempt ${job.attempts}` : ""}</p>
   <label for="progress-${job.id}">Progress <span data-progress-text>${job.progress}%</span></label>
@@ -142,14 +142,14 @@ export function uploadRoutes(deps: RouteDeps): Route[] {
     { method: "POST", path: "/uploads/:id/retry", handler: (ctx) => act(ctx, "retry") },
     {
       method: "GET",
-      path: "/live/jobs/:id",
+      path: "/live/jobs",
       handler(ctx) {
         return deps.live.open(ctx.principal.subject, (sink) => {
-          const call: grpc.ClientReadableStream<WatchJobResponse> = ingest.watchJob({ id: ctx.params.id! }, bearer(ctx.token));
-          // WatchJob ends when the job is finished: the browser stops listening then.
-          return relayStream(
+          const calls: grpc.ClientReadableStream<WatchJobResponse>[] = watchedIds(ctx.url).map((id) => ingest.watchJob({ id }, bearer(ctx.token)));
+          // WatchJob ends when its job is finished; when all have, the browser stops listening.
+          return relayStreams(
             sink,
-            call,
+            calls,
             ({ job }) => {
               if (job) sink.send("job", { id: job.id, status: statusOf(job), progress: job.progress, message: job.message, html: jobCard(job, ctx.csrf).value });
             },

@@ -166,38 +166,49 @@
   });
 
   // ---- Live updates --------------------------------------------------------------------------
+  // A page keeps few streams open (browsers allow about six connections per site): one per list
+  // ([data-live] tables), and one per kind of item being watched ([data-watch] jobs or requests),
+  // reopened with the new set of ids when it changes.
   const streams = new Map();
+  function listen(url, scope) {
+    const source = new EventSource(url);
+    const onUpdate = function (event) {
+      const data = JSON.parse(event.data);
+      if (data.html) place(data.html);
+      if (data.change) announce(data.change.label + ": " + data.change.from + " → " + data.change.to, document.getElementById("monitor-rows"));
+    };
+    for (const kind of ["monitor", "course", "request", "job"]) source.addEventListener(kind, onUpdate);
+    source.addEventListener("end", function () {
+      source.close();
+      for (const [key, value] of streams) if (value.source === source) streams.delete(key);
+    });
+    source.addEventListener("failure", function (event) {
+      announce(JSON.parse(event.data).message, scope);
+    });
+    source.onerror = function () {
+      if (source.readyState === EventSource.CLOSED) announce("Live updates stopped; reload the page to resume.", scope);
+    };
+    return source;
+  }
   function follow(root) {
-    const targets = [];
-    if (root.matches && root.matches("[data-live]")) targets.push(root);
-    if (root.querySelectorAll) targets.push.apply(targets, root.querySelectorAll("[data-live]"));
-    for (const el of targets) {
+    const lists = [];
+    if (root.matches && root.matches("[data-live]")) lists.push(root);
+    if (root.querySelectorAll) lists.push.apply(lists, root.querySelectorAll("[data-live]"));
+    for (const el of lists) {
       const url = el.getAttribute("data-live");
-      if (streams.has(url)) continue;
-      const source = new EventSource(url);
-      streams.set(url, source);
-      const onUpdate = function (event) {
-        const data = JSON.parse(event.data);
-        if (data.html) place(data.html);
-        if (data.change) announce(data.change.label + ": " + data.change.from + " → " + data.change.to, document.getElementById("monitor-rows"));
-      };
-      for (const kind of ["monitor", "course", "request", "job"]) source.addEventListener(kind, onUpdate);
-      source.addEventListener("end", function () {
-        source.close();
-        streams.delete(url);
-      });
-      source.addEventListener("failure", function (event) {
-        announce(JSON.parse(event.data).message, el);
-      });
-      source.addEventListener("open", function () {
-        document.body.dataset.liveConnected = String(Number(document.body.dataset.liveConnected || 0) + 1);
-      });
-      source.onerror = function () {
-        if (source.readyState === EventSource.CLOSED) {
-          streams.delete(url);
-          announce("Live updates stopped; reload the page to resume.", el);
-        }
-      };
+      if (!streams.has(url)) streams.set(url, { source: listen(url, el) });
+    }
+    for (const kind of ["jobs", "requests"]) {
+      const items = Array.from(document.querySelectorAll('[data-watch="' + kind + '"]'));
+      const ids = items.map(function (el) { return el.getAttribute("data-job") || el.getAttribute("data-request"); }).sort();
+      const key = "watch:" + kind;
+      const current = streams.get(key);
+      if (current && current.ids === ids.join(",")) continue;
+      if (current) current.source.close();
+      streams.delete(key);
+      if (ids.length === 0) continue;
+      const url = "/live/" + kind + "?" + ids.map(function (id) { return "id=" + encodeURIComponent(id); }).join("&");
+      streams.set(key, { ids: ids.join(","), source: listen(url, items[0]) });
     }
   }
   follow(document);
