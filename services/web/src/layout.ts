@@ -3,11 +3,12 @@ import type { Principal } from "@coursemesh/shared/auth.ts";
 import { html, type Html } from "./html.ts";
 import { areasFor, type Area } from "./roles.ts";
 import { CSRF_FIELD } from "./session.ts";
+import { assetVersion } from "./static.ts";
 
 const AREA_LABELS: Record<Area, string> = { monitors: "Monitors", courses: "Courses", enrollment: "Enrollment", uploads: "Uploads" };
 
-/** Asset URLs carry a version so they can be cached for a long time. */
-export const ASSET_VERSION = String(Date.now().toString(36));
+/** Asset URLs carry a hash of the assets, so they can be cached for a long time and every replica agrees. */
+export const ASSET_VERSION = assetVersion();
 
 export interface PageOptions {
   title: string;

@@ -1,4 +1,6 @@
 /** The dashboard's script and stylesheet: plain files, no build step, cached by versioned URL. */
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
 const STATIC_DIR = new URL("./static/", import.meta.url).pathname;
@@ -18,4 +20,11 @@ export async function serveStatic(pathname: string): Promise<Response> {
     cache.set(pathname, body);
   }
   return new Response(body, { headers: { "content-type": type, "cache-control": "public, max-age=604800, immutable" } });
+}
+
+/** A short hash of the static files' contents. */
+export function assetVersion(): string {
+  const hash = createHash("sha256");
+  for (const pathname of Object.keys(FILES)) hash.update(readFileSync(join(STATIC_DIR, pathname.slice("/static/".length))));
+  return hash.digest("hex").slice(0, 12);
 }

@@ -155,7 +155,9 @@ test("sign in, add a monitor, see a seat change live, pause and resume, read the
   await page.click("form[data-action=pause] button");
   await page.waitForSelector("tr[data-monitor][data-mode=PAUSED]", { timeout: WAIT_MS });
   expect(await text(page, "[data-seats]")).toBe("3/30 open");
-  await page.click("form[data-action=resume] button");
+  // Resume from the keyboard.
+  await page.focus("form[data-action=resume] button");
+  await page.keyboard.press("Enter");
   await page.waitForSelector("tr[data-monitor][data-mode=ACTIVE]", { timeout: WAIT_MS });
   expect(await text(page, "[data-seats]")).toBe("3/30 open");
   expect(await page.evaluate(() => window.sameLoad)).toBe(true);

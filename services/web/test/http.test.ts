@@ -1,5 +1,5 @@
 /**
- * The dashboard over plain HTTP, against a real allocator: no page or stream without a valid
+ * The dashboard over plain HTTP, against a real allocator and ingest: no page or stream without a valid
  * session cookie, no change without the CSRF token from the dashboard's own origin, the service's
  * own messages next to the fields, role-aware pages, security headers, and a clean SIGTERM.
  */
@@ -9,6 +9,7 @@ import { mintToken } from "@coursemesh/shared/auth.ts";
 import { createClient, unary } from "@coursemesh/shared/grpc/client.ts";
 import { TEST_JWT_SECRET, testToken } from "@coursemesh/shared/testing/harness.ts";
 import { EnrollmentServiceClient } from "@coursemesh/proto/coursemesh/allocator/v1/allocator.ts";
+import { coursePdf } from "../../ingest/test/pdfs.ts";
 import { csrfToken } from "../src/session.ts";
 import { startStack, WEB_SESSION_SECRET, type Stack } from "./stack.ts";
 
@@ -18,7 +19,7 @@ let registrar: string;
 let student: string;
 
 beforeAll(async () => {
-  stack = await startStack({ backends: ["allocator"] });
+  stack = await startStack({ backends: ["allocator", "ingest"] });
   base = stack.web.httpUrl;
   registrar = await testToken("rita", ["registrar"]);
   student = await testToken("sam", ["student"]);
@@ -116,7 +117,7 @@ describe("changes need the session's CSRF token, from the dashboard's own origin
   });
 });
 
-describe("uploads need the CSRF field too", () => {
+describe("uploads work without the page's script, and need the CSRF field", () => {
   const upload = (headers: Record<string, string>, fields: [string, string | Blob, string?][]) => {
     const form = new FormData();
     for (const [name, value, filename] of fields) if (typeof value === "string") form.append(name, value);
@@ -125,9 +126,23 @@ describe("uploads need the CSRF field too", () => {
   };
   const pdf = new Blob(["%PDF-1.4 not much of a PDF"], { type: "application/pdf" });
 
+  test("a plain multipart form post with the CSRF field first starts a job and returns to the uploads page", async () => {
+    const { bytes } = await coursePdf();
+    const form = new FormData();
+    form.append("csrf", csrfToken(WEB_SESSION_SECRET, student));
+    form.append("course_title", "Plain form notes");
+    form.append("files", new Blob([bytes], { type: "application/pdf" }), "plain.pdf");
+    const response = await fetch(`${base}/uploads`, { method: "POST", redirect: "manual", headers: { cookie: cookie(student), ...origin() }, body: form });
+    expect([response.status, response.headers.get("location")]).toEqual([303, "/uploads"]);
+    const { document } = parseHTML(await (await fetch(`${base}/uploads`, { headers: { cookie: cookie(student) } })).text());
+    expect([...document.querySelectorAll("[data-job] h3")].map((h) => h.textContent)).toEqual([expect.stringContaining("Plain form notes")]);
+  });
+
   test("without the CSRF field before the files: 403, and nothing is sent on", async () => {
-    const response = await upload({}, [["course_title", "Notes"], ["files", pdf, "notes.pdf"]]);
+    const response = await upload({}, [["course_title", "Forged notes"], ["files", pdf, "notes.pdf"]]);
     expect(response.status).toBe(403);
+    const page = await (await fetch(`${base}/uploads`, { headers: { cookie: cookie(student) } })).text();
+    expect(page).not.toContain("Forged notes");
   });
 });
 
