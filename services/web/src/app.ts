@@ -62,6 +62,12 @@ function compile(route: Route): CompiledRoute {
   return { ...route, pattern: new RegExp(`^${source}$`), names };
 }
 
+/** 403 for a change that failed the origin or CSRF check: JSON for the page's script, text for a plain form. */
+function refusedChange(request: Request, message: string): Response {
+  if (wantsJson(request)) return Response.json({ error: message }, { status: 403 });
+  return new Response(message, { status: 403, headers: { "content-type": "text/plain; charset=utf-8" } });
+}
+
 /** The route pattern a path matched, for metric labels. */
 function routeLabel(pathname: string, routes: CompiledRoute[]): string {
   if (pathname.startsWith("/static/")) return "/static";
@@ -110,7 +116,7 @@ export function createWebApp(options: WebAppOptions): (request: Request) => Prom
       const principal = await sessionOf(request, options.authenticator);
       const form = await request.formData().catch(() => undefined);
       if (principal && (!sameOrigin(request) || !csrfMatches(options.sessionSecret, principal.token!, String(form?.get(CSRF_FIELD) ?? "")))) {
-        return new Response("forbidden: the form is out of date; reload the page", { status: 403 });
+        return refusedChange(request, "The form is out of date (its CSRF token does not match your session); reload the page and try again.");
       }
       const response = redirect("/signin", { "set-cookie": clearedSessionCookie(cookieOptions) });
       response.headers.append("set-cookie", clearedSessionCookie(cookieOptions, REQUESTS_COOKIE));
@@ -124,7 +130,11 @@ export function createWebApp(options: WebAppOptions): (request: Request) => Prom
       if (!match) continue;
       pathKnown = true;
       if (route.method !== method) continue;
-      matched = { route, params: Object.fromEntries(route.names.map((name, i) => [name, decodeURIComponent(match[i + 1]!)])) };
+      try {
+        matched = { route, params: Object.fromEntries(route.names.map((name, i) => [name, decodeURIComponent(match[i + 1]!)])) };
+      } catch {
+        return new Response("bad request: the address is malformed", { status: 400 });
+      }
       break;
     }
     if (!pathKnown) return undefined;
@@ -140,13 +150,13 @@ export function createWebApp(options: WebAppOptions): (request: Request) => Prom
 
     let form: Form | undefined;
     if (method !== "GET") {
-      if (!sameOrigin(request)) return Response.json({ error: "cross-site request refused" }, { status: 403 });
+      if (!sameOrigin(request)) return refusedChange(request, "This change did not come from the dashboard's own pages, so it was refused.");
       if (!matched.route.streamedBody) {
         const type = request.headers.get("content-type") ?? "";
         form = type.includes("form") ? await request.formData().catch(() => undefined) : undefined;
         const given = request.headers.get(CSRF_HEADER) ?? String(form?.get(CSRF_FIELD) ?? "");
         if (!csrfMatches(options.sessionSecret, token, given)) {
-          return Response.json({ error: "the form is out of date (CSRF check failed); reload the page and try again" }, { status: 403 });
+          return refusedChange(request, "The form is out of date (its CSRF token does not match your session); reload the page and try again.");
         }
       }
     }
