@@ -52,3 +52,8 @@ export function toWebError(error: unknown, fieldMap: FieldMap = {}): WebError {
 export function isGrpcError(error: unknown): boolean {
   return typeof (error as { code?: unknown })?.code === "number" && "details" in (error as object);
 }
+
+/** A refusal the dashboard makes itself, for input the API's typed fields cannot even carry (e.g. "ten" seats). */
+export function fieldError(field: string, description: string): WebError {
+  return { status: 400, message: `${field}: ${description}`, fields: { [field]: description } };
+}

@@ -5,7 +5,7 @@
 import { unary } from "@coursemesh/shared/grpc/client.ts";
 import type { Course } from "@coursemesh/proto/coursemesh/allocator/v1/allocator.ts";
 import type { Route, RouteContext } from "../app.ts";
-import { toWebError, type WebError } from "../errors.ts";
+import { fieldError, toWebError } from "../errors.ts";
 import { csrfField, done, field, formMessage, refused, type FormState } from "../forms.ts";
 import { html, type Html } from "../html.ts";
 import { areaPage } from "../layout.ts";
@@ -79,10 +79,6 @@ ${
 </section>`);
 }
 
-function localError(field: string, message: string): WebError {
-  return { status: 400, message: `${field}: ${message}`, fields: { [field]: message } };
-}
-
 /** Every course the user may see (the allocator pages them; the dashboard shows the first 500). */
 export async function listAllCourses(deps: RouteDeps, token: string): Promise<Course[]> {
   const client = deps.backends.enrollment;
@@ -124,7 +120,7 @@ export function courseRoutes(deps: RouteDeps): Route[] {
       async handler(ctx) {
         if (!mayManageCourses(ctx.principal)) return forbidden();
         const capacity = wholeNumber(String(ctx.form?.get("capacity") ?? ""));
-        if (capacity === "invalid") return refused(ctx, localError("capacity", "must be a whole number"), (state) => rerender(ctx, state));
+        if (capacity === "invalid") return refused(ctx, fieldError("capacity", "must be a whole number"), (state) => rerender(ctx, state));
         try {
           const response = await unary(
             client.createCourse.bind(client),
@@ -143,7 +139,7 @@ export function courseRoutes(deps: RouteDeps): Route[] {
       async handler(ctx) {
         if (!mayManageCourses(ctx.principal)) return forbidden();
         const capacity = wholeNumber(String(ctx.form?.get("capacity") ?? ""));
-        if (capacity === "invalid" || capacity === undefined) return refused(ctx, localError("capacity", "must be a whole number"), (state) => rerender(ctx, state));
+        if (capacity === "invalid" || capacity === undefined) return refused(ctx, fieldError("capacity", "must be a whole number"), (state) => rerender(ctx, state));
         try {
           const response = await unary(client.updateCourse.bind(client), { id: ctx.params.id!, capacity, title: undefined }, { token: ctx.token });
           return done(ctx, "/courses", { id: response.course!.id, html: courseRow(response.course!, ctx).value, promoted: response.promotedStudentIds });

@@ -7,7 +7,7 @@ import type * as grpc from "@grpc/grpc-js";
 import { bearer, unary } from "@coursemesh/shared/grpc/client.ts";
 import { EnrollmentStatus, type Course, type Enrollment, type WatchRequestResponse } from "@coursemesh/proto/coursemesh/allocator/v1/allocator.ts";
 import type { Route, RouteContext } from "../app.ts";
-import { toWebError } from "../errors.ts";
+import { fieldError, toWebError } from "../errors.ts";
 import { relayStreams, watchedIds } from "../live.ts";
 import { csrfField, done, field, formMessage, refused, type FormState } from "../forms.ts";
 import { badge, enumName, label, relativeTime } from "../format.ts";
@@ -139,7 +139,7 @@ export function enrollmentRoutes(deps: RouteDeps): Route[] {
         const forOthers = mayActForOthers(ctx.principal);
         const priority = forOthers ? wholeNumber(value("priority")) : 0;
         if (priority === "invalid") {
-          return refused(ctx, { status: 400, message: "priority: must be a whole number", fields: { priority: "must be a whole number" } }, (state) => rerender(ctx, state));
+          return refused(ctx, fieldError("priority", "must be a whole number"), (state) => rerender(ctx, state));
         }
         try {
           const response = await unary(

@@ -15,11 +15,12 @@ import {
   type WatchMonitorsResponse,
 } from "@coursemesh/proto/coursemesh/scraper/v1/scraper.ts";
 import type { Route, RouteContext } from "../app.ts";
-import { toWebError } from "../errors.ts";
+import { fieldError, toWebError } from "../errors.ts";
 import { csrfField, done, field, formMessage, refused, type FormState } from "../forms.ts";
 import { badge, enumName, label, relativeTime } from "../format.ts";
 import { html, type Html } from "../html.ts";
 import { areaPage } from "../layout.ts";
+import { wholeNumber } from "../numbers.ts";
 import { htmlResponse, wantsJson } from "../respond.ts";
 import { relayStreams } from "../live.ts";
 import type { RouteDeps } from "../routes.ts";
@@ -191,10 +192,12 @@ export function monitorRoutes({ backends, live }: RouteDeps): Route[] {
     }
   }
 
-  async function render(ctx: RouteContext, state?: FormState, status = 200): Promise<Response> {
+  async function render(ctx: RouteContext): Promise<Response> {
     const { monitors, error } = await list(ctx);
-    return htmlResponse(monitorsPage(ctx, monitors, state, error), { status });
+    return htmlResponse(monitorsPage(ctx, monitors, undefined, error));
   }
+
+  const rerender = (ctx: RouteContext) => (state: FormState) => list(ctx).then(({ monitors }) => monitorsPage(ctx, monitors, state));
 
   async function act(ctx: RouteContext): Promise<Response> {
     const action = ctx.params.action as Action;
@@ -209,7 +212,7 @@ export function monitorRoutes({ backends, live }: RouteDeps): Route[] {
       if (action === "delete") await unary(scraper.deleteMonitor.bind(scraper), { id }, { token: ctx.token });
       return done(ctx, "/monitors", { id, deleted: action === "delete", html: monitor ? monitorRow(monitor, ctx.csrf).value : undefined });
     } catch (error) {
-      return refused(ctx, toWebError(error), (state) => list(ctx).then(({ monitors }) => monitorsPage(ctx, monitors, state)));
+      return refused(ctx, toWebError(error), rerender(ctx));
     }
   }
 
@@ -222,15 +225,18 @@ export function monitorRoutes({ backends, live }: RouteDeps): Route[] {
         const value = (name: string) => String(ctx.form?.get(name) ?? "").trim();
         const courseCode = value("course_code");
         const section = value("section");
-        const interval = value("interval_seconds");
+        const interval = wholeNumber(value("interval_seconds"));
+        if (interval === "invalid") {
+          return refused(ctx, fieldError("interval_seconds", "must be a whole number of seconds"), rerender(ctx));
+        }
         try {
           const response = await unary(
             scraper.createMonitor.bind(scraper),
             {
               url: value("url"),
               label: [courseCode, section].filter(Boolean).join(" "),
-              // An empty interval is the service's default; anything else is the service's to judge.
-              intervalSeconds: interval === "" ? 0 : /^-?\d+$/.test(interval) ? Number(interval) : Number.NaN,
+              // An empty interval is the service's default (0); any number is the service's to judge.
+              intervalSeconds: interval ?? 0,
               notifyEmails: emailsFrom(value("notify_emails")),
               extractor: { kind: { $case: "beartracks", value: { courseCode, sectionLabel: section } } },
               fetchMode: FetchMode.FETCH_MODE_BROWSER,
@@ -240,7 +246,7 @@ export function monitorRoutes({ backends, live }: RouteDeps): Route[] {
           );
           return done(ctx, "/monitors", { id: response.monitor!.id, html: monitorRow(response.monitor!, ctx.csrf).value });
         } catch (error) {
-          return refused(ctx, toWebError(error, FIELD_MAP), (state) => list(ctx).then(({ monitors }) => monitorsPage(ctx, monitors, state)));
+          return refused(ctx, toWebError(error, FIELD_MAP), rerender(ctx));
         }
       },
     },

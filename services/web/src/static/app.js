@@ -109,7 +109,7 @@
     }
     const general = form.querySelector("[data-form-error]");
     if (general) general.textContent = data.error || "";
-    else if (!first) alert(data.error || "That did not work.");
+    else if (!first) announce(data.error || "That did not work.", form);
     if (first) first.focus();
   }
   async function send(form, body, headers) {
