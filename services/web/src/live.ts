@@ -38,9 +38,12 @@ const encoder = new TextEncoder();
 export function createLiveStreams(logger: Logger): LiveStreams {
   const perUser = new Map<string, number>();
   const open = new Set<() => void>();
+  let shuttingDown = false;
 
   return {
     open(user, start) {
+      // Once shutdown has ended the streams, a new one would only hold the exit up: go elsewhere.
+      if (shuttingDown) return Response.json({ error: "this replica is shutting down; reconnecting" }, { status: 503, headers: { "retry-after": "1" } });
       if ((perUser.get(user) ?? 0) >= MAX_STREAMS_PER_USER) {
         return Response.json({ error: `at most ${MAX_STREAMS_PER_USER} live views at once; close another tab` }, { status: 429, headers: { "retry-after": "10" } });
       }
@@ -117,6 +120,7 @@ export function createLiveStreams(logger: Logger): LiveStreams {
       return open.size;
     },
     closeAll() {
+      shuttingDown = true;
       for (const finish of [...open]) finish();
     },
   };
