@@ -42,8 +42,9 @@ export function createLiveStreams(logger: Logger): LiveStreams {
 
   return {
     open(user, start) {
-      // Once shutdown has ended the streams, a new one would only hold the exit up: go elsewhere.
-      if (shuttingDown) return Response.json({ error: "this replica is shutting down; reconnecting" }, { status: 503, headers: { "retry-after": "1" } });
+      // Once shutdown has ended the streams, a new one would only hold the exit up: an empty stream
+      // that ends at once makes the browser reconnect (to another replica) a second later.
+      if (shuttingDown) return new Response("retry: 1000\n\n", { headers: { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-store" } });
       if ((perUser.get(user) ?? 0) >= MAX_STREAMS_PER_USER) {
         return Response.json({ error: `at most ${MAX_STREAMS_PER_USER} live views at once; close another tab` }, { status: 429, headers: { "retry-after": "10" } });
       }
