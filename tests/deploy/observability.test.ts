@@ -1,8 +1,9 @@
 /**
  * deploy/'s observability: the Grafana data sources, their trace ↔ metrics links and the
  * "coursemesh overview" dashboard refer only to data sources that exist and to metrics the services
- * really export (the four services are started here and their /metrics read), and the collector,
- * Tempo and Prometheus configurations agree with the compose stack and the Kubernetes manifests.
+ * really export (the four services and the web dashboard are started here and their /metrics
+ * read), and the collector, Tempo and Prometheus configurations agree with the compose stack and
+ * the Kubernetes manifests.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
@@ -12,7 +13,7 @@ import { Objm } from "@nats-io/obj";
 import { connect } from "@nats-io/transport-node";
 import { parser } from "@prometheus-io/lezer-promql";
 import { deleteStreams } from "../../services/shared/src/events/index.ts";
-import { PROCESS_NAMES, SERVICE_NAMES, SERVICE_PORTS } from "../../services/shared/src/config.ts";
+import { PROCESS_NAMES, SERVICE_PORTS } from "../../services/shared/src/config.ts";
 import {
   createTestDatabase,
   startServiceProcess,
@@ -85,7 +86,7 @@ const hostPort = (endpoint: string) => endpoint.replace(/^[a-z]+:\/\//, "").repl
 let database: TestDatabase;
 const natsPrefix = testNatsPrefix();
 const running: ServiceProcess[] = [];
-/** Every series name the four services' /metrics expose (histograms with _bucket, _sum, _count). */
+/** Every series name the services' and the dashboard's /metrics expose (histograms with _bucket, _sum, _count). */
 const exported = new Set<string>();
 /** Labels present on every series of every service. */
 let commonLabels = new Set<string>();
@@ -93,9 +94,14 @@ let commonLabels = new Set<string>();
 beforeAll(async () => {
   for (const objects of k8sOverlays()) expect(objects.length).toBeGreaterThan(0);
   database = await createTestDatabase();
-  // Small buckets: this test only reads /metrics.
-  const env = { DATABASE_URL: database.url, NATS_PREFIX: natsPrefix, INGEST_DOCUMENTS_MAX_BYTES: String(8 * 1024 * 1024) };
-  const started = await Promise.allSettled(SERVICE_NAMES.map((service) => startServiceProcess(service, { env, timeoutMs: 45_000 })));
+  // Small buckets: this test only reads /metrics. The dashboard ignores what it does not read.
+  const env = {
+    DATABASE_URL: database.url,
+    NATS_PREFIX: natsPrefix,
+    INGEST_DOCUMENTS_MAX_BYTES: String(8 * 1024 * 1024),
+    WEB_SESSION_SECRET: "observability-test-session-secret-0123456789abcdef",
+  };
+  const started = await Promise.allSettled(PROCESS_NAMES.map((service) => startServiceProcess(service, { env, timeoutMs: 45_000 })));
   for (const result of started) if (result.status === "fulfilled") running.push(result.value);
   const failed = started.find((result) => result.status === "rejected");
   if (failed) throw (failed as PromiseRejectedResult).reason;
@@ -197,7 +203,17 @@ describe("Grafana", () => {
     expect(dashboard.uid).toBe("coursemesh-overview");
     expect(dashboard.title).toBe("coursemesh overview");
     const titles = allPanels(dashboard.panels).map((p) => p.title);
-    const wantedTitles = ["Enrollment decisions/s", "Queue depth", "Seats taken vs capacity", "Checks/s", "Monitors by health", "Deliveries sent/failed", "Jobs by status"];
+    const wantedTitles = [
+      "Enrollment decisions/s",
+      "Queue depth",
+      "Seats taken vs capacity",
+      "Checks/s",
+      "Monitors by health",
+      "Deliveries sent/failed",
+      "Jobs by status",
+      "Dashboard requests/s",
+      "Live streams",
+    ];
     for (const wanted of wantedTitles) {
       expect(titles).toContain(wanted);
     }
