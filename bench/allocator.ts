@@ -278,7 +278,7 @@ async function main() {
     const { measured: stampede, cpu: stampedeCpu, decisions: stampedeDecisions } = await onOneCourse("BENCH A", SIZES.stampede, (courseId) =>
       closedLoop(SIZES.stampede, SIZES.callers, (i) => api.enroll({ idempotencyKey: `a-${i}`, studentId: `a-${i}`, courseId })),
     );
-    const { measured: steady, decisions: steadyDecisions } = await onOneCourse("BENCH A2", SIZES.steadyRate * SIZES.steadySeconds, (courseId) =>
+    const { measured: steady, cpu: steadyCpu, decisions: steadyDecisions } = await onOneCourse("BENCH A2", SIZES.steadyRate * SIZES.steadySeconds, (courseId) =>
       openLoop(SIZES.steadyRate, SIZES.steadySeconds, (i) => api.enroll({ idempotencyKey: `s-${i}`, studentId: `s-${i}`, courseId })),
     );
 
@@ -372,6 +372,7 @@ async function main() {
         requests: steady.sent,
         accept_latency_ms: { p50: round(percentile(steady.latencies, 50), 2), p99: round(percentile(steady.latencies, 99), 2) },
         accept_to_decision_ms: { p50: round(steadyDecisions.p50, 2), p99: round(steadyDecisions.p99, 2) },
+        cpu_us_per_request_incl_decision_and_publish: steadyCpu,
       },
       b_decisions_alone: {
         requests: SIZES.decisions,
