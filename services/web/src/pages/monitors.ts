@@ -74,7 +74,7 @@ function actionButton(monitor: Monitor, csrf: string, action: Action, text: stri
 export function monitorRow(monitor: Monitor, csrf: string): Html {
   const mode = modeOf(monitor);
   return html`<tr id="monitor-${monitor.id}" data-monitor="${monitor.id}" data-mode="${mode}" data-health="${healthOf(monitor)}">
-  <td data-label="Monitor"><strong>${monitor.label}</strong><br><a class="muted" href="${monitor.url}" rel="noreferrer noopener" target="_blank">${shortUrl(monitor.url)}</a></td>
+  <td data-label="Monitor"><div><strong>${monitor.label}</strong><br><a class="muted" href="${monitor.url}" rel="noreferrer noopener" target="_blank">${shortUrl(monitor.url)}</a></div></td>
   <td data-label="Seats" class="num"><span class="seats" data-seats>${seatsText(monitor.seats)}</span></td>
   <td data-label="Mode">${modeBadge(monitor)}</td>
   <td data-label="Health">${healthBadge(monitor)}</td>
