@@ -2,7 +2,9 @@
  * The allocator process: accepts enrollment requests, decides them in fair batches and answers for
  * any request from any replica. Wiring only; the work is in the modules it names.
  */
+import postgres from "postgres";
 import { required } from "@coursemesh/shared/config.ts";
+import type { Sql } from "@coursemesh/shared/db.ts";
 import { startServiceEvents } from "@coursemesh/shared/events/wiring.ts";
 import { runService } from "@coursemesh/shared/service.ts";
 import { Allocator } from "./allocate.ts";
@@ -25,16 +27,27 @@ await runService({
   async setup({ config, logger, sql, nats, shutdown }) {
     const relay = await startServiceEvents({ config, sql, nats, logger, service: "allocator", streams: ["ENROLLMENT"], relay: { batchSize: RELAY_BATCH_SIZE } });
 
+    // The deciders' transactions get connections of their own, one per worker and kept open: on the
+    // service's pool they ran on whichever connection was next (postgres.js hands out idle ones in
+    // turn, among those the accepts opened), and a release of 20,000 requests decided about 10% fewer
+    // a second than on connections that run nothing but decisions.
+    const workers = required(config, "ALLOCATOR_WORKERS");
+    const deciderSql = postgres({
+      ...sql.options,
+      max: workers,
+      idle_timeout: null,
+      connection: { ...sql.options.connection, application_name: "coursemesh-allocator-deciders" },
+    } as unknown as postgres.Options<{}>) as unknown as Sql;
     const feed = new ChangeFeed(sql, logger);
     const reader = new RequestReader(sql);
     const courses = new CourseDirectory(sql);
     const allocator = new Allocator({
-      sql,
+      sql: deciderSql,
       logger,
       feed,
       batchSize: required(config, "ALLOCATOR_BATCH_SIZE"),
       holdMs: required(config, "ALLOCATOR_HOLD_MS"),
-      workers: required(config, "ALLOCATOR_WORKERS"),
+      workers,
       safetyPollMs: required(config, "ALLOCATOR_SAFETY_POLL_MS"),
       paused: required(config, "ALLOCATOR_PAUSED"),
       wakeRelay: () => relay.wake(),
@@ -68,6 +81,7 @@ await runService({
     shutdown.on("finish-in-flight", "allocation", async () => {
       await acceptor.drained();
       await allocator.stop();
+      await deciderSql.end({ timeout: 5 });
       await feed.stop();
     });
     // After the last batch committed: publish what is in flight; the next leader sends the rest.
