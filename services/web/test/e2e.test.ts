@@ -15,7 +15,7 @@ import { EnrollmentServiceClient } from "@coursemesh/proto/coursemesh/allocator/
 import { createClient, unary } from "@coursemesh/shared/grpc/client.ts";
 import { eventually } from "@coursemesh/shared/testing/eventually.ts";
 import { testToken } from "@coursemesh/shared/testing/harness.ts";
-import { coursePdf } from "../../ingest/test/pdfs.ts";
+import { corruptPdf, coursePdf, longCoursePdf } from "../../ingest/test/pdfs.ts";
 import { startSmtp, type TestSmtp } from "../../notifier/test/helpers.ts";
 import { startRegistrar, type Registrar } from "../../scraper/src/demo/registrar.ts";
 import { startStack, type Stack } from "./stack.ts";
@@ -240,6 +240,45 @@ test("upload a PDF by drag and drop: the bar reaches 100 and the outline appears
   await page.waitForFunction(() => (document.querySelector("#upload-files-error")?.textContent ?? "") !== "", { timeout: WAIT_MS });
   expect(await text(page, "#upload-files-error")).toContain("larger than 2 MiB");
   expect(await page.$$("[data-job]")).toHaveLength(1);
+  await context.close();
+}, 90_000);
+
+test("cancel a running upload; retry a failed one", async () => {
+  const { context, page } = await signIn("cora", ["student"]);
+  await page.goto(`${stack.web.httpUrl}/uploads`);
+  const input = (await page.$("#upload-files")) as unknown as { uploadFile(path: string): Promise<void> };
+
+  // A long PDF: cancel it while it runs.
+  const long = join(profile, "long.pdf");
+  await Bun.write(long, await longCoursePdf(400, "bold"));
+  await page.type("#upload-course_title", "Long notes");
+  await input.uploadFile(long);
+  await page.click("form[data-upload] button[type=submit]");
+  await page.waitForSelector("[data-job][data-status=PROCESSING] form[data-action=cancel]", { timeout: WAIT_MS });
+  await page.click("[data-job][data-status=PROCESSING] form[data-action=cancel] button");
+  await page.waitForSelector("[data-job][data-status=CANCELLED]", { timeout: WAIT_MS });
+  // A cancelled job is not retryable (ingest retries FAILED jobs only), so none is offered.
+  expect(await page.$("[data-job][data-status=CANCELLED] form[data-action=retry]")).toBeNull();
+
+  // A corrupt PDF is accepted, then fails with a reason a person understands; Retry queues it again.
+  const corrupt = join(profile, "corrupt.pdf");
+  await Bun.write(corrupt, corruptPdf());
+  await page.type("#upload-course_title", "Damaged notes");
+  await input.uploadFile(corrupt);
+  await page.click("form[data-upload] button[type=submit]");
+  await page.waitForSelector("[data-job][data-status=FAILED] form[data-action=retry]", { timeout: WAIT_MS });
+  expect(await text(page, "[data-job][data-status=FAILED] .error")).not.toBe("");
+  await page.evaluate(() => {
+    const seen: string[] = [];
+    window.statusesSeen = seen;
+    new MutationObserver(() => {
+      const status = document.querySelector("[data-job][data-status] h3")?.closest("[data-job]")?.getAttribute("data-status");
+      if (status && seen.at(-1) !== status) seen.push(status);
+    }).observe(document.getElementById("job-list"), { childList: true, subtree: true, attributes: true });
+  });
+  await page.click("[data-job][data-status=FAILED] form[data-action=retry] button");
+  await page.waitForFunction(() => window.statusesSeen.includes("PENDING") && window.statusesSeen.at(-1) === "FAILED", { timeout: WAIT_MS });
+  await shot(page, "uploads-cancel-retry");
   await context.close();
 }, 90_000);
 

@@ -54,7 +54,7 @@ export function jobCard(job: Job, csrf: string): Html {
   ${job.error ? html`<p class="error" role="alert">${job.error}</p>` : ""}
   <div class="actions">
     ${status === "PENDING" || status === "PROCESSING" ? action("cancel", "Cancel") : ""}
-    ${status === "FAILED" || status === "CANCELLED" ? action("retry", "Retry") : ""}
+    ${status === "FAILED" ? action("retry", "Retry") : ""}
   </div>
   ${status === "COMPLETED" ? outline(job) : ""}
 </article>`;
