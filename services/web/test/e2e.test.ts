@@ -282,7 +282,7 @@ test("cancel a running upload; retry a failed one", async () => {
   await context.close();
 }, 90_000);
 
-test("a registrar's course counts and a student's decision and waitlist position arrive live", async () => {
+test("a registrar's course counts and a student's decision, waitlist position and promotion arrive live", async () => {
   const registrarSession = await signIn("rita", ["registrar"]);
   const courses = registrarSession.page;
   await courses.goto(`${stack.web.httpUrl}/courses`);
@@ -317,6 +317,14 @@ test("a registrar's course counts and a student's decision and waitlist position
     () => document.querySelector("tr[data-course] [data-seats-taken]")?.textContent === "1 / 1" && document.querySelector("tr[data-course] [data-waitlist]")?.textContent === "1",
     { timeout: WAIT_MS },
   );
+
+  // The registrar raises the capacity: sam is promoted from the waitlist, and sees it arrive.
+  await courses.$eval(`#capacity-${courseId}`, (el) => ((el as any).value = ""));
+  await courses.type(`#capacity-${courseId}`, "2");
+  await courses.click("form[data-action=capacity] button");
+  await courses.waitForFunction(() => document.querySelector("tr[data-course] [data-seats-taken]")?.textContent === "2 / 2", { timeout: WAIT_MS });
+  await page.waitForSelector("[data-request][data-status=ENROLLED]", { timeout: WAIT_MS });
+  expect(await page.evaluate(() => window.sameLoad)).toBe(true);
   await context.close();
   await registrarSession.context.close();
 }, 90_000);
