@@ -35,11 +35,11 @@ export function mayUpload(principal: Principal): boolean {
   return principal.roles.length > 0;
 }
 
-/** The areas a user's navigation shows, in order. */
+/** The areas a user's navigation shows, in order; the first is where signing in lands (courses for staff). */
 export function areasFor(principal: Principal): Area[] {
   const areas: Area[] = [];
-  if (mayEnroll(principal)) areas.push("enrollment");
   if (mayViewCourses(principal)) areas.push("courses");
+  if (mayEnroll(principal)) areas.push("enrollment");
   if (mayUseMonitors(principal)) areas.push("monitors");
   if (mayUpload(principal)) areas.push("uploads");
   return areas;
