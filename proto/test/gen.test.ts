@@ -148,6 +148,7 @@ const services: Record<string, Record<string, Kind>> = {
     UpdateCourse: u,
     Enroll: u,
     GetRequest: u,
+    ListRequests: u,
     WatchRequest: ss,
     Drop: u,
     ListEnrollments: u,
@@ -419,7 +420,7 @@ describe("contract (descriptor image)", () => {
         expect(res.find((f) => f.name === "next_page_token")?.type, `${rpc} next_page_token`).toBe("TYPE_STRING");
       }
     }
-    expect(lists).toBe(8);
+    expect(lists).toBe(9);
   });
 
   test("events carry event_id, occurred_at, the aggregate id and aggregate_version, and no recipients", () => {

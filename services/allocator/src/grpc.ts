@@ -18,7 +18,7 @@ import { currentTraceparent } from "@coursemesh/shared/telemetry.ts";
 import type { ChangeFeed, RequestReader } from "./changes.ts";
 import { createCourse, getCourse, listCourses, updateCourse } from "./courses.ts";
 import type { Acceptor, DecisionWaits } from "./enroll.ts";
-import { getRequest, watchRequest, type Viewer } from "./requests.ts";
+import { getRequest, listStudentRequests, watchRequest, type Viewer } from "./requests.ts";
 import type { CourseRecord, RequestRecord, RequestStatus } from "./store.ts";
 import {
   courseCodeAfter,
@@ -116,6 +116,8 @@ function toCourse(record: CourseRecord): Course {
   };
 }
 
+const STAFF = ["registrar", "service", "operator"] as const;
+
 /** Registrars and services act for any student; anyone else only as themselves and without priority. */
 function mayActFor(principal: Principal | null, studentId: string, priority: number): void {
   if (!principal || hasRole(principal, "registrar", "service")) return;
@@ -125,6 +127,20 @@ function mayActFor(principal: Principal | null, studentId: string, priority: num
     });
   }
   if (priority !== 0) throw permissionDenied("PRIORITY_NOT_ALLOWED", "only registrars and services may set priority; leave it 0");
+}
+
+/**
+ * Whose requests ListRequests lists: a student only their own (an empty student_id means them);
+ * staff name the student.
+ */
+function requestsOwner(principal: Principal | null, studentId: string): string {
+  if (!principal || hasRole(principal, ...STAFF)) return requireStudentId(studentId);
+  if (studentId !== "" && studentId !== principal.subject) {
+    throw permissionDenied("STUDENT_MISMATCH", `a student may list only their own requests: leave student_id empty or set it to "${principal.subject}"`, {
+      metadata: { student_id: studentId },
+    });
+  }
+  return principal.subject;
 }
 
 function viewerOf(principal: Principal | null): Viewer {
@@ -138,8 +154,6 @@ function answerBy(ctx: CallContext, maxWaitMs: number): number {
   const remaining = ctx.deadline.getTime() - now;
   return now + Math.min(maxWaitMs, remaining - Math.min(200, Math.max(20, remaining * 0.1)));
 }
-
-const STAFF = ["registrar", "service", "operator"] as const;
 
 /** The EnrollmentService registration: handlers and who may call each RPC (DESIGN.md §Who may do what). */
 export function enrollmentService(deps: EnrollmentServiceDeps) {
@@ -205,6 +219,13 @@ export function enrollmentService(deps: EnrollmentServiceDeps) {
         return { enrollment: toEnrollment(record) };
       },
 
+      async listRequests(request, ctx) {
+        const studentId = requestsOwner(ctx.principal, request.studentId);
+        const query = `requests:${studentId}`;
+        const page = await listStudentRequests(sql, studentId, pageKeyAfter(request.pageToken, query), pageSize(request.pageSize));
+        return { requests: page.items.map(toEnrollment), nextPageToken: page.next ? pageToken(query, page.next) : "" };
+      },
+
       async *watchRequest(request, ctx) {
         const current = await getRequest(sql, { requestId: requireId(request.requestId, "request_id") }, viewerOf(ctx.principal));
         const signal = AbortSignal.any([ctx.signal, deps.stopping]);
@@ -253,6 +274,7 @@ export function enrollmentService(deps: EnrollmentServiceDeps) {
       drop: ["student", "registrar", "service"],
       getRequest: "authenticated",
       watchRequest: "authenticated",
+      listRequests: ["student", ...STAFF],
       // Who sits in or waits for a course is staff's business; a student reads their own place with GetRequest.
       listEnrollments: STAFF,
       listWaitlist: STAFF,

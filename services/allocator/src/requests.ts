@@ -1,12 +1,13 @@
 /**
- * Reading enrollment requests: one by id or idempotency key, and watching one change from any
- * replica. Students see only their own requests; to anyone else another student's request does
+ * Reading enrollment requests: one by id or idempotency key, a student's own list, and watching one
+ * change from any replica. Students see only their own requests; to anyone else another student's request does
  * not exist (NOT_FOUND), so ids and keys reveal nothing.
  */
 import type { Sql } from "@coursemesh/shared/db.ts";
 import { notFound } from "@coursemesh/shared/grpc/errors.ts";
 import { follow, type ChangeFeed, type RequestReader } from "./changes.ts";
-import { selectRequestsByIds, selectRequestsByKeys, type RequestRecord } from "./store.ts";
+import { selectRequestsByIds, selectRequestsByKeys, selectStudentRequests, type PageKey, type RequestRecord } from "./store.ts";
+import { pageOf, type Page } from "./waitlist.ts";
 
 /** Who is reading: a student sees their own requests, staff (registrar, service, operator) every one. */
 export interface Viewer {
@@ -26,6 +27,11 @@ export async function getRequest(sql: Sql, lookup: RequestLookup, viewer: Viewer
   const [record] = "requestId" in lookup ? await selectRequestsByIds(sql, [lookup.requestId]) : await selectRequestsByKeys(sql, [lookup.idempotencyKey]);
   if (!record || (!viewer.seesEveryone && record.studentId !== viewer.subject)) throw requestNotFound(lookup);
   return record;
+}
+
+/** A page of one student's requests in every status, newest first, positions computed now. */
+export async function listStudentRequests(sql: Sql, studentId: string, after: PageKey | null, limit: number): Promise<Page<RequestRecord>> {
+  return pageOf(await selectStudentRequests(sql, studentId, after, limit + 1), limit);
 }
 
 /** Whether a watch of the request is over: a seat (ENROLLED), a refusal or a drop. */

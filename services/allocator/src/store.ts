@@ -320,6 +320,21 @@ export async function selectEnrolled(db: Db, courseId: string, after: PageKey | 
   return rows.map((row) => ({ ...toRequest(row), pageKey: { at: row.page_at, id: row.id } }));
 }
 
+/** A student's requests, newest first, with positions computed now (a page after `after`). */
+export async function selectStudentRequests(db: Db, studentId: string, after: PageKey | null, limit: number): Promise<(RequestRecord & { pageKey: PageKey })[]> {
+  const page = await db`
+    select r.id, r.created_at::text as page_at from requests r
+    where r.student_id = ${studentId}
+      and (${after?.at ?? null}::text::timestamptz is null or (r.created_at, r.id) < (${after?.at ?? null}::text::timestamptz, ${after?.id ?? null}::uuid))
+    order by r.created_at desc, r.id desc
+    limit ${limit}`;
+  const records = new Map((await selectRequestsByIds(db, page.map((row) => row.id as string))).map((record) => [record.id, record]));
+  return page.flatMap((row) => {
+    const record = records.get(row.id);
+    return record ? [{ ...record, pageKey: { at: row.page_at as string, id: row.id as string } }] : [];
+  });
+}
+
 /** A course's waitlist in score order with positions computed now (a page after `after`). */
 export async function selectWaitlist(db: Db, courseId: string, after: PageKey | null, limit: number): Promise<(RequestRecord & { pageKey: PageKey })[]> {
   const afterAt = after?.at ?? null;

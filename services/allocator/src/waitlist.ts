@@ -117,6 +117,11 @@ export interface Page<T> {
   next: PageKey | null;
 }
 
+/** The first `limit` of `rows` (read as limit + 1) and the key after which the next page starts. */
+export function pageOf<T extends { pageKey: PageKey }>(rows: T[], limit: number): Page<T> {
+  return { items: rows.slice(0, limit), next: rows.length > limit ? rows[limit - 1]!.pageKey : null };
+}
+
 async function requireCourse(sql: Sql, courseId: string): Promise<void> {
   if ((await selectCourseCode(sql, courseId)) === null) throw courseNotFound(courseId);
 }
@@ -124,13 +129,11 @@ async function requireCourse(sql: Sql, courseId: string): Promise<void> {
 /** A page of a course's seat holders, in the order they got their seat. */
 export async function listEnrollments(sql: Sql, courseId: string, after: PageKey | null, limit: number): Promise<Page<RequestRecord>> {
   await requireCourse(sql, courseId);
-  const rows = await selectEnrolled(sql, courseId, after, limit + 1);
-  return { items: rows.slice(0, limit), next: rows.length > limit ? rows[limit - 1]!.pageKey : null };
+  return pageOf(await selectEnrolled(sql, courseId, after, limit + 1), limit);
 }
 
 /** A page of a course's waitlist in score order, positions computed now. */
 export async function listWaitlist(sql: Sql, courseId: string, after: PageKey | null, limit: number): Promise<Page<RequestRecord>> {
   await requireCourse(sql, courseId);
-  const rows = await selectWaitlist(sql, courseId, after, limit + 1);
-  return { items: rows.slice(0, limit), next: rows.length > limit ? rows[limit - 1]!.pageKey : null };
+  return pageOf(await selectWaitlist(sql, courseId, after, limit + 1), limit);
 }

@@ -15,6 +15,7 @@ import {
   GetRequestRequest,
   ListCoursesRequest,
   ListEnrollmentsRequest,
+  ListRequestsRequest,
   ListWaitlistRequest,
   UpdateCourseRequest,
   WatchRequestRequest,
@@ -110,6 +111,8 @@ export function connect(address: string) {
     enroll: (token: string, request: Partial<EnrollRequest>, deadlineMs?: number) =>
       unary(client.enroll.bind(client), EnrollRequest.fromPartial(request), { token, deadlineMs }),
     getRequest: (token: string, request: Partial<GetRequestRequest>) => unary(client.getRequest.bind(client), GetRequestRequest.fromPartial(request), { token }),
+    listRequests: (token: string, request: Partial<ListRequestsRequest> = {}) =>
+      unary(client.listRequests.bind(client), ListRequestsRequest.fromPartial(request), { token }),
     drop: (token: string, request: Partial<DropRequest>) => unary(client.drop.bind(client), DropRequest.fromPartial(request), { token }),
     listEnrollments: (token: string, request: Partial<ListEnrollmentsRequest>) =>
       unary(client.listEnrollments.bind(client), ListEnrollmentsRequest.fromPartial(request), { token }),
@@ -156,6 +159,12 @@ export function connect(address: string) {
 }
 
 export type Api = ReturnType<typeof connect>;
+
+/** A test file's world with one allocator process, a client of it and a registrar's token. */
+export async function startAllocator(): Promise<{ world: TestWorld; api: Api; registrar: string }> {
+  const world = await createWorld();
+  return { world, api: connect((await world.start()).grpcAddress), registrar: await tokens.registrar() };
+}
 
 /** The decoded error of a call that must fail. */
 export async function failure(call: Promise<unknown>): Promise<DecodedError> {

@@ -564,6 +564,25 @@ export interface GetRequestResponse {
   enrollment: Enrollment | undefined;
 }
 
+export interface ListRequestsRequest {
+  /**
+   * Whose requests. Students may leave it empty (their own) or set their own id; registrars,
+   * services and operators must set it.
+   */
+  studentId: string;
+  /** Maximum requests to return; 0 means the default (50); values above 1000 are treated as 1000. */
+  pageSize: number;
+  /** next_page_token of the previous page; empty for the first page. */
+  pageToken: string;
+}
+
+export interface ListRequestsResponse {
+  /** The student's requests in every status, newest (latest accepted) first. */
+  requests: Enrollment[];
+  /** Token for the next page; empty when this is the last page. */
+  nextPageToken: string;
+}
+
 export interface WatchRequestRequest {
   requestId: string;
 }
@@ -2601,6 +2620,210 @@ export const GetRequestResponse: MessageFns<GetRequestResponse> = {
   },
 };
 
+function createBaseListRequestsRequest(): ListRequestsRequest {
+  return { studentId: "", pageSize: 0, pageToken: "" };
+}
+
+export const ListRequestsRequest: MessageFns<ListRequestsRequest> = {
+  encode(message: ListRequestsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.studentId !== "") {
+      writer.uint32(10).string(message.studentId);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(16).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRequestsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRequestsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.studentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRequestsRequest {
+    return {
+      studentId: isSet(object.studentId)
+        ? globalThis.String(object.studentId)
+        : isSet(object.student_id)
+        ? globalThis.String(object.student_id)
+        : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListRequestsRequest): unknown {
+    const obj: any = {};
+    if (message.studentId !== "") {
+      obj.studentId = message.studentId;
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRequestsRequest>, I>>(base?: I): ListRequestsRequest {
+    return ListRequestsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRequestsRequest>, I>>(object: I): ListRequestsRequest {
+    const message = createBaseListRequestsRequest();
+    message.studentId = object.studentId ?? "";
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListRequestsResponse(): ListRequestsResponse {
+  return { requests: [], nextPageToken: "" };
+}
+
+export const ListRequestsResponse: MessageFns<ListRequestsResponse> = {
+  encode(message: ListRequestsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.requests) {
+      Enrollment.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRequestsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRequestsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requests.push(Enrollment.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRequestsResponse {
+    return {
+      requests: globalThis.Array.isArray(object?.requests)
+        ? object.requests.map((e: any) => Enrollment.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListRequestsResponse): unknown {
+    const obj: any = {};
+    if (message.requests?.length) {
+      obj.requests = message.requests.map((e) => Enrollment.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRequestsResponse>, I>>(base?: I): ListRequestsResponse {
+    return ListRequestsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRequestsResponse>, I>>(object: I): ListRequestsResponse {
+    const message = createBaseListRequestsResponse();
+    message.requests = object.requests?.map((e) => Enrollment.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
 function createBaseWatchRequestRequest(): WatchRequestRequest {
   return { requestId: "" };
 }
@@ -3552,6 +3775,24 @@ export const EnrollmentServiceService = {
     responseDeserialize: (value: Buffer): GetRequestResponse => GetRequestResponse.decode(value),
   },
   /**
+   * ListRequests pages one student's enrollment requests, newest first, each as GetRequest returns
+   * it (queue and waitlist positions computed when read). A student lists their own (student_id
+   * empty or their own id); registrars, services and operators name the student.
+   * Errors: PERMISSION_DENIED STUDENT_MISMATCH (a student naming another student); INVALID_ARGUMENT
+   * INVALID_STUDENT_ID (staff leaving student_id empty, or a malformed id), INVALID_PAGE_TOKEN,
+   * INVALID_PAGE_SIZE.
+   */
+  listRequests: {
+    path: "/coursemesh.allocator.v1.EnrollmentService/ListRequests" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListRequestsRequest): Buffer => Buffer.from(ListRequestsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListRequestsRequest => ListRequestsRequest.decode(value),
+    responseSerialize: (value: ListRequestsResponse): Buffer =>
+      Buffer.from(ListRequestsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListRequestsResponse => ListRequestsResponse.decode(value),
+  },
+  /**
    * WatchRequest streams the request's current state first, then each change. The stream ends
    * after ENROLLED, REJECTED or DROPPED; a WAITLISTED request stays watched until it is promoted
    * (ENROLLED) or dropped. The client may cancel at any time. Works from any replica.
@@ -3651,6 +3892,15 @@ export interface EnrollmentServiceServer extends UntypedServiceImplementation {
    * Errors: NOT_FOUND REQUEST_NOT_FOUND.
    */
   getRequest: handleUnaryCall<GetRequestRequest, GetRequestResponse>;
+  /**
+   * ListRequests pages one student's enrollment requests, newest first, each as GetRequest returns
+   * it (queue and waitlist positions computed when read). A student lists their own (student_id
+   * empty or their own id); registrars, services and operators name the student.
+   * Errors: PERMISSION_DENIED STUDENT_MISMATCH (a student naming another student); INVALID_ARGUMENT
+   * INVALID_STUDENT_ID (staff leaving student_id empty, or a malformed id), INVALID_PAGE_TOKEN,
+   * INVALID_PAGE_SIZE.
+   */
+  listRequests: handleUnaryCall<ListRequestsRequest, ListRequestsResponse>;
   /**
    * WatchRequest streams the request's current state first, then each change. The stream ends
    * after ENROLLED, REJECTED or DROPPED; a WAITLISTED request stays watched until it is promoted
@@ -3798,6 +4048,29 @@ export interface EnrollmentServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetRequestResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ListRequests pages one student's enrollment requests, newest first, each as GetRequest returns
+   * it (queue and waitlist positions computed when read). A student lists their own (student_id
+   * empty or their own id); registrars, services and operators name the student.
+   * Errors: PERMISSION_DENIED STUDENT_MISMATCH (a student naming another student); INVALID_ARGUMENT
+   * INVALID_STUDENT_ID (staff leaving student_id empty, or a malformed id), INVALID_PAGE_TOKEN,
+   * INVALID_PAGE_SIZE.
+   */
+  listRequests(
+    request: ListRequestsRequest,
+    callback: (error: ServiceError | null, response: ListRequestsResponse) => void,
+  ): ClientUnaryCall;
+  listRequests(
+    request: ListRequestsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRequestsResponse) => void,
+  ): ClientUnaryCall;
+  listRequests(
+    request: ListRequestsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRequestsResponse) => void,
   ): ClientUnaryCall;
   /**
    * WatchRequest streams the request's current state first, then each change. The stream ends
