@@ -10,7 +10,7 @@ import { webRequests } from "./metrics.ts";
 import { signInPage } from "./pages/signin.ts";
 import { htmlResponse, redirect, wantsJson, withSecurityHeaders } from "./respond.ts";
 import { areasFor } from "./roles.ts";
-import { clearedSessionCookie, csrfMatches, csrfToken, CSRF_FIELD, CSRF_HEADER, REQUESTS_COOKIE, sameOrigin, sessionCookie, sessionOf, verifyToken } from "./session.ts";
+import { clearedSessionCookie, csrfMatches, csrfToken, CSRF_FIELD, CSRF_HEADER, sameOrigin, sessionCookie, sessionOf, verifyToken } from "./session.ts";
 import { serveStatic } from "./static.ts";
 
 /** A parsed form body. */
@@ -118,9 +118,7 @@ export function createWebApp(options: WebAppOptions): (request: Request) => Prom
       if (principal && (!sameOrigin(request) || !csrfMatches(options.sessionSecret, principal.token!, String(form?.get(CSRF_FIELD) ?? "")))) {
         return refusedChange(request, "The form is out of date (its CSRF token does not match your session); reload the page and try again.");
       }
-      const response = redirect("/signin", { "set-cookie": clearedSessionCookie(cookieOptions) });
-      response.headers.append("set-cookie", clearedSessionCookie(cookieOptions, REQUESTS_COOKIE));
-      return response;
+      return redirect("/signin", { "set-cookie": clearedSessionCookie(cookieOptions) });
     }
 
     let matched: { route: CompiledRoute; params: Record<string, string> } | undefined;

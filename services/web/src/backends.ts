@@ -30,7 +30,7 @@ export function createBackends(config: Pick<Config, "SCRAPER_ADDR" | "ALLOCATOR_
   });
   const enrollment = createClient(EnrollmentServiceClient, config.ALLOCATOR_ADDR!, {
     ...options,
-    idempotentMethods: ["GetCourse", "ListCourses", "GetRequest", "ListEnrollments", "ListWaitlist"],
+    idempotentMethods: ["GetCourse", "ListCourses", "GetRequest", "ListRequests", "ListEnrollments", "ListWaitlist"],
   });
   const notifications = createClient(NotificationServiceClient, config.NOTIFIER_ADDR!, { ...options, idempotentMethods: ["ListNotifications"] });
   const ingest = createClient(IngestServiceClient, config.INGEST_ADDR!, { ...options, idempotentMethods: ["GetJob", "ListJobs", "GetCourseOutline"] });

@@ -7,12 +7,6 @@ import { decodeJwt } from "jose";
 import type { Authenticator, Principal } from "@coursemesh/shared/auth.ts";
 
 export const SESSION_COOKIE = "cm_session";
-/**
- * The enrollment requests this browser made, newest first: the API has no "my requests" list for
- * students (ListEnrollments is staff's), so the dashboard remembers the ids it was given. HttpOnly;
- * the allocator still decides who may read each one. Cleared at sign-out.
- */
-export const REQUESTS_COOKIE = "cm_requests";
 /** Form field and header that carry the CSRF token. */
 export const CSRF_FIELD = "csrf";
 export const CSRF_HEADER = "x-csrf-token";

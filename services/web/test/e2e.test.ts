@@ -326,6 +326,12 @@ test("a registrar's course counts and a student's decision, waitlist position an
   await page.waitForSelector("[data-request][data-status=ENROLLED]", { timeout: WAIT_MS });
   expect(await page.evaluate(() => window.sameLoad)).toBe(true);
   await context.close();
+
+  // Another browser (a fresh context, nothing remembered) lists sam's request as the allocator has it.
+  const elsewhere = await signIn("sam", ["student"]);
+  await elsewhere.page.goto(`${stack.web.httpUrl}/enrollment`);
+  expect(await elsewhere.page.$$eval("#request-list [data-request]", (items) => items.map((li) => li.getAttribute("data-status")))).toEqual(["ENROLLED"]);
+  await elsewhere.context.close();
   await registrarSession.context.close();
 }, 90_000);
 

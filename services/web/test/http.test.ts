@@ -179,6 +179,39 @@ describe("bad input shows the service's own message next to the field", () => {
   });
 });
 
+describe("enrollment lists the user's requests from the allocator, not from this browser", () => {
+  test("a student sees requests made anywhere, newest first, without any cookie but the session; a registrar looks a student up", async () => {
+    const client = createClient(EnrollmentServiceClient, stack.services.allocator!.grpcAddress, { caller: "test" });
+    const made: string[] = [];
+    try {
+      for (const code of ["LIST 101", "LIST 102"]) {
+        const { course } = await unary(client.createCourse.bind(client), { code, title: "Listed", capacity: 5 }, { token: registrar });
+        // Made elsewhere (another browser, grpcurl): the dashboard has never seen these ids.
+        const answer = await unary(client.enroll.bind(client), { idempotencyKey: `list-${code}`, studentId: "sam", courseId: course!.id, priority: 0, wait: true }, { token: student });
+        made.unshift(answer.requestId);
+      }
+    } finally {
+      client.close();
+    }
+    const listed = async (token: string, query = "") => {
+      const response = await fetch(`${base}/enrollment${query}`, { headers: { cookie: cookie(token) } });
+      expect(response.status).toBe(200);
+      expect(response.headers.get("set-cookie")).toBeNull();
+      const { document } = parseHTML(await response.text());
+      return {
+        ids: [...document.querySelectorAll("#request-list [data-request]")].map((li) => li.getAttribute("data-request")),
+        heading: document.querySelector("#requests-title")?.textContent,
+      };
+    };
+    expect(await listed(student)).toEqual({ ids: made, heading: "Your requests" });
+    // A registrar sees nobody's until they name the student, then that student's.
+    expect((await listed(registrar)).ids).toEqual([]);
+    expect(await listed(registrar, "?student_id=sam")).toEqual({ ids: made, heading: "Requests of sam" });
+    // A student cannot look at another student's list by naming them: the page still shows their own.
+    expect((await listed(await testToken("tess", ["student"]), "?student_id=sam")).ids).toEqual([]);
+  });
+});
+
 describe("what a role sees", () => {
   test("a student's navigation has no Courses, and the courses page and its changes are refused", async () => {
     const page = await fetch(`${base}/enrollment`, { headers: { cookie: cookie(student) } });

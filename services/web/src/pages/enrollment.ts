@@ -1,6 +1,7 @@
 /**
- * Enrollment (students, and registrars acting for them): enroll in a course, see the decision and
- * the waitlist position arrive live (WatchRequest), drop.
+ * Enrollment (students, and registrars acting for them): enroll in a course, see one's requests
+ * (ListRequests: a student their own, a registrar the student they look up), the decision and the
+ * waitlist position arriving live (WatchRequest), drop.
  */
 import { randomUUID } from "node:crypto";
 import type * as grpc from "@grpc/grpc-js";
@@ -16,24 +17,15 @@ import { areaPage } from "../layout.ts";
 import { wholeNumber } from "../numbers.ts";
 import { htmlResponse } from "../respond.ts";
 import { mayActForOthers, mayEnroll } from "../roles.ts";
-import { parseCookies, REQUESTS_COOKIE } from "../session.ts";
 import type { RouteDeps } from "../routes.ts";
 import { listAllCourses } from "./courses.ts";
 
 const FORM = "enroll";
-const MAX_REMEMBERED = 20;
+/** Requests a page shows; older ones are a link away. */
+const PAGE_SIZE = 20;
 
 function statusOf(enrollment: Enrollment): string {
   return enumName(EnrollmentStatus, enrollment.status, "ENROLLMENT_STATUS_");
-}
-
-function rememberedRequests(request: Request): string[] {
-  return (parseCookies(request.headers.get("cookie")).get(REQUESTS_COOKIE) ?? "").split(".").filter((id) => /^[0-9a-f-]{36}$/.test(id));
-}
-
-function rememberCookie(request: Request, id: string, secure: boolean): string {
-  const ids = [id, ...rememberedRequests(request).filter((other) => other !== id)].slice(0, MAX_REMEMBERED);
-  return `${REQUESTS_COOKIE}=${ids.join(".")}; Path=/; Max-Age=${30 * 86_400}; HttpOnly; SameSite=Lax${secure ? "; Secure" : ""}`;
 }
 
 /** One request: its status badge, the reason or position, and Drop while it holds or awaits a seat. */
@@ -67,7 +59,38 @@ export function requestItem(enrollment: Enrollment, csrf: string): Html {
 </li>`;
 }
 
-function enrollmentPage(ctx: RouteContext, courses: Course[], requests: Enrollment[], state?: FormState, loadError?: string): Html {
+/** Whose requests a page lists, and which page of them. */
+interface RequestList {
+  /** The student looked up (registrars); empty for a student's own list. */
+  studentId: string;
+  requests: Enrollment[];
+  /** Token of the older requests; empty on the last page. */
+  olderToken: string;
+  error?: string;
+}
+
+function requestListSection(ctx: RouteContext, list: RequestList): Html {
+  const forOthers = mayActForOthers(ctx.principal);
+  const older = new URLSearchParams({ ...(list.studentId ? { student_id: list.studentId } : {}), page_token: list.olderToken });
+  return html`<section class="card" aria-labelledby="requests-title">
+  <h2 id="requests-title">${forOthers ? (list.studentId ? `Requests of ${list.studentId}` : "A student's requests") : "Your requests"}</h2>
+  ${
+    forOthers
+      ? html`<form method="get" action="/enrollment">
+    ${field({ form: "lookup", name: "student_id", label: "Student id", value: list.studentId })}
+    <button type="submit">Show requests</button>
+  </form>`
+      : ""
+  }
+  ${list.error ? html`<p class="error" role="alert">${list.error}</p>` : ""}
+  <p class="muted" aria-live="polite" data-live-status></p>
+  <ul id="request-list" class="plain" aria-live="polite"${forOthers ? html` data-student="${list.studentId}"` : ""}>${list.requests.map((r) => requestItem(r, ctx.csrf))}</ul>
+  <p class="muted" data-empty${list.requests.length ? html` hidden` : ""}>${forOthers && !list.studentId ? "Enter a student id to see their requests." : "No requests yet."}</p>
+  ${list.olderToken ? html`<p><a href="/enrollment?${older.toString()}" data-older>Older requests</a></p>` : ""}
+</section>`;
+}
+
+function enrollmentPage(ctx: RouteContext, courses: Course[], list: RequestList, state?: FormState, loadError?: string): Html {
   const forOthers = mayActForOthers(ctx.principal);
   const options = courses.map((c) => ({ value: c.id, label: `${c.code} — ${c.title} (${Math.max(0, (c.capacity ?? 0) - c.seatsTaken)} of ${c.capacity ?? "?"} open)` }));
   return areaPage(ctx, "enrollment", "Enrollment", html`<h1>Enrollment</h1>
@@ -81,7 +104,7 @@ function enrollmentPage(ctx: RouteContext, courses: Course[], requests: Enrollme
       ${field({ form: FORM, name: "course_id", label: "Course", type: "select", required: true, state, options: [{ value: "", label: "Choose a course" }, ...options] })}
       ${
         forOthers
-          ? html`${field({ form: FORM, name: "student_id", label: "Student id", required: true, state })}
+          ? html`${field({ form: FORM, name: "student_id", label: "Student id", required: true, state, value: list.studentId })}
       ${field({ form: FORM, name: "priority", label: "Priority (0–100)", type: "number", value: "0", state, attrs: html`min="0" max="100" step="1"` })}`
           : ""
       }
@@ -90,12 +113,12 @@ function enrollmentPage(ctx: RouteContext, courses: Course[], requests: Enrollme
     <button type="submit">Enroll</button>
   </form>
 </section>
-<section class="card" aria-labelledby="requests-title">
-  <h2 id="requests-title">Your requests</h2>
-  <p class="muted" aria-live="polite" data-live-status></p>
-  <ul id="request-list" class="plain" aria-live="polite">${requests.map((r) => requestItem(r, ctx.csrf))}</ul>
-  <p class="muted" data-empty${requests.length ? html` hidden` : ""}>No requests from this browser yet.</p>
-</section>`);
+${requestListSection(ctx, list)}`);
+}
+
+/** Where a form without the script goes back to: the list the request is in (a registrar's: that student's). */
+function listLocation(ctx: RouteContext, studentId: string): string {
+  return mayActForOthers(ctx.principal) ? `/enrollment?${new URLSearchParams({ student_id: studentId })}` : "/enrollment";
 }
 
 /** The enrollment area's routes. */
@@ -103,22 +126,27 @@ export function enrollmentRoutes(deps: RouteDeps): Route[] {
   const client = deps.backends.enrollment;
   const forbidden = () => new Response("Enrollment is for students and registrars.", { status: 403 });
 
-  async function rerender(ctx: RouteContext, state?: FormState): Promise<Html> {
-    const requests = (
-      await Promise.all(
-        rememberedRequests(ctx.request).map((requestId) =>
-          unary(client.getRequest.bind(client), { lookup: { $case: "requestId", value: requestId } }, { token: ctx.token })
-            .then((r) => r.enrollment)
-            // Another user's request (a shared browser) or one since removed: not this user's to see.
-            .catch(() => undefined),
-        ),
-      )
-    ).filter((r): r is Enrollment => r !== undefined && (mayActForOthers(ctx.principal) || r.studentId === ctx.principal.subject));
+  /** One page of the requests the page lists: a student's own, or the looked-up student's for a registrar. */
+  async function requestList(ctx: RouteContext, studentId: string, pageToken: string): Promise<RequestList> {
+    const list: RequestList = { studentId: mayActForOthers(ctx.principal) ? studentId : "", requests: [], olderToken: "" };
+    if (mayActForOthers(ctx.principal) && !studentId) return list;
     try {
-      return enrollmentPage(ctx, await listAllCourses(deps, ctx.token), requests, state);
+      const page = await unary(client.listRequests.bind(client), { studentId: list.studentId, pageSize: PAGE_SIZE, pageToken }, { token: ctx.token });
+      return { ...list, requests: page.requests, olderToken: page.nextPageToken };
     } catch (error) {
-      return enrollmentPage(ctx, [], requests, state, toWebError(error).message);
+      return { ...list, error: toWebError(error).message };
     }
+  }
+
+  async function rerender(ctx: RouteContext, state?: FormState, studentId = state?.values.student_id ?? ""): Promise<Html> {
+    const [list, courses] = await Promise.all([
+      requestList(ctx, studentId.trim(), ctx.url.searchParams.get("page_token") ?? ""),
+      listAllCourses(deps, ctx.token).then(
+        (courses) => ({ courses, error: undefined }),
+        (error: unknown) => ({ courses: [] as Course[], error: toWebError(error).message }),
+      ),
+    ]);
+    return enrollmentPage(ctx, courses.courses, list, state, courses.error);
   }
 
   return [
@@ -127,7 +155,7 @@ export function enrollmentRoutes(deps: RouteDeps): Route[] {
       path: "/enrollment",
       async handler(ctx) {
         if (!mayEnroll(ctx.principal)) return forbidden();
-        return htmlResponse(await rerender(ctx));
+        return htmlResponse(await rerender(ctx, undefined, ctx.url.searchParams.get("student_id") ?? ""));
       },
     },
     {
@@ -155,10 +183,7 @@ export function enrollmentRoutes(deps: RouteDeps): Route[] {
             { token: ctx.token },
           );
           const enrollment: Enrollment = { ...response };
-          const cookie = rememberCookie(ctx.request, response.requestId, deps.cookieSecure);
-          const result = done(ctx, "/enrollment", { id: response.requestId, html: requestItem(enrollment, ctx.csrf).value });
-          result.headers.append("set-cookie", cookie);
-          return result;
+          return done(ctx, listLocation(ctx, response.studentId), { id: response.requestId, studentId: response.studentId, html: requestItem(enrollment, ctx.csrf).value });
         } catch (error) {
           return refused(ctx, toWebError(error, { course_id: "course_id", STUDENT_MISMATCH: "student_id", COURSE_NOT_FOUND: "course_id", ALREADY_ENROLLED: "course_id", ALREADY_WAITLISTED: "course_id", ALREADY_PENDING: "course_id" }), (state) =>
             rerender(ctx, state),
@@ -176,7 +201,7 @@ export function enrollmentRoutes(deps: RouteDeps): Route[] {
         try {
           const dropped = await unary(client.drop.bind(client), { studentId, courseId, idempotencyKey: randomUUID() }, { token: ctx.token });
           const { enrollment } = await unary(client.getRequest.bind(client), { lookup: { $case: "requestId", value: dropped.requestId } }, { token: ctx.token });
-          return done(ctx, "/enrollment", { id: dropped.requestId, html: enrollment ? requestItem(enrollment, ctx.csrf).value : undefined });
+          return done(ctx, listLocation(ctx, dropped.studentId), { id: dropped.requestId, html: enrollment ? requestItem(enrollment, ctx.csrf).value : undefined });
         } catch (error) {
           return refused(ctx, toWebError(error), (state) => rerender(ctx, state));
         }

@@ -136,6 +136,12 @@
       announce("Deleted.", form);
       return;
     }
+    const requests = document.getElementById("request-list");
+    if (action === "enroll" && requests && requests.hasAttribute("data-student") && requests.dataset.student !== data.studentId) {
+      // A registrar enrolled someone other than the student whose requests are shown: show theirs.
+      location.assign("/enrollment?student_id=" + encodeURIComponent(data.studentId));
+      return;
+    }
     if (data.html) place(data.html);
     if (action === "create" || action === "enroll") {
       form.reset();
