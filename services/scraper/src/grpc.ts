@@ -260,7 +260,8 @@ export function monitorService(deps: MonitorServiceDeps): ServiceRegistration {
     async *watchMonitors(request, ctx) {
       const ids = request.ids.map((id) => requireId(id, "ids"));
       for await (const update of watchMonitors({ sql, feed, ids, owner: ownerScope(ctx.principal), signal: AbortSignal.any([ctx.signal, deps.stopping]) })) {
-        yield { monitor: monitorToProto(update.monitor), change: update.change ? changeToProto(update.change) : undefined };
+        if (update.deletedId !== undefined) yield { monitor: undefined, change: undefined, deletedMonitorId: update.deletedId };
+        else yield { monitor: monitorToProto(update.monitor), change: update.change ? changeToProto(update.change) : undefined, deletedMonitorId: "" };
       }
     },
   };

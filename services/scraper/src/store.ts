@@ -90,6 +90,12 @@ export async function selectUpdatedSince(db: Db, owner: string | null, since: Da
   return rows.map(toRecord);
 }
 
+/** Which of `ids` still exist (the watch stream's check for deletions it missed). */
+export async function selectExistingMonitorIds(db: Db, ids: string[]): Promise<Set<string>> {
+  const rows = await db`select id from monitors where id = any(${ids}::uuid[])`;
+  return new Set(rows.map((row) => row.id as string));
+}
+
 /** Sets the mode (locking the row first is the caller's job); a fresh ACTIVE is due at once and restarts the STALE clock. */
 export async function updateMode(db: Db, id: string, mode: Mode): Promise<MonitorRecord> {
   const [row] = await db`

@@ -1,18 +1,18 @@
 /**
- * WatchMonitors: the current state of each watched monitor first, then every update from any
- * replica. Updates arrive through the monitor feed (core NATS) and are re-read from Postgres, so a
- * watcher always sends committed state; a slow safety poll covers feed messages lost in a crash.
+ * WatchMonitors: the current state of each watched monitor first, then every update and deletion
+ * from any replica. Updates arrive through the monitor feed (core NATS) and are re-read from
+ * Postgres, so a watcher always sends committed state; a monitor it had sent that is no longer there
+ * was deleted (its owner never changes, so it cannot merely have become invisible). A slow safety
+ * poll covers feed messages lost in a crash, deletions included.
  */
 import type { Sql } from "@coursemesh/shared/db.ts";
 import { notFound } from "@coursemesh/shared/grpc/errors.ts";
 import type { MonitorFeed, MonitorTouched } from "./feed.ts";
 import type { MonitorRecord } from "./monitors.ts";
-import { listMonitors, selectMonitor, selectMonitors, selectSeatChange, selectUpdatedSince, type SeatChangeRecord } from "./store.ts";
+import { listMonitors, selectExistingMonitorIds, selectMonitor, selectMonitors, selectSeatChange, selectUpdatedSince, type SeatChangeRecord } from "./store.ts";
 
-export interface WatchUpdate {
-  monitor: MonitorRecord;
-  change?: SeatChangeRecord;
-}
+/** A monitor's state (with the seat change that caused it, if any), or the id of a deleted one. */
+export type WatchUpdate = { monitor: MonitorRecord; change?: SeatChangeRecord; deletedId?: undefined } | { deletedId: string; monitor?: undefined; change?: undefined };
 
 export interface WatchOptions {
   sql: Sql;
@@ -53,6 +53,11 @@ export async function* watchMonitors(options: WatchOptions): AsyncGenerator<Watc
     void selectUpdatedSince(sql, owner, new Date(since.getTime() - 1000), ids.length ? ids : null)
       .then((rows) => rows.forEach((row) => push({ id: row.id })))
       .catch(() => {});
+    const sent = [...lastSent.keys()];
+    if (sent.length === 0) return;
+    void selectExistingMonitorIds(sql, sent)
+      .then((existing) => sent.filter((id) => !existing.has(id)).forEach((id) => push({ id })))
+      .catch(() => {});
   }, options.pollMs ?? 5000);
   try {
     const initial = ids.length ? await selectMonitors(sql, ids, owner) : await listMonitors(sql, { owner, mode: null, beforeId: null, limit: MAX_INITIAL });
@@ -76,7 +81,11 @@ export async function* watchMonitors(options: WatchOptions): AsyncGenerator<Watc
         continue;
       }
       const monitor = await selectMonitor(sql, next.id, owner);
-      if (!monitor) continue;
+      if (!monitor) {
+        // Gone after this stream sent it: deleted (reported once; an id never sent means nothing here).
+        if (lastSent.delete(next.id)) yield { deletedId: next.id };
+        continue;
+      }
       const fresh = monitor.updatedAt.getTime() > (lastSent.get(monitor.id) ?? 0);
       const change = next.changeId && !sentChanges.has(next.changeId) ? ((await selectSeatChange(sql, next.changeId)) ?? undefined) : undefined;
       // A change whose state was already sent (read together with an earlier update) still goes out once, with its change.

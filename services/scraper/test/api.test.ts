@@ -8,7 +8,7 @@ import { bearer } from "@coursemesh/shared/grpc/client.ts";
 import { decodeGrpcError } from "@coursemesh/shared/grpc/errors.ts";
 import type { ServiceProcess } from "@coursemesh/shared/testing/harness.ts";
 import { testToken } from "@coursemesh/shared/testing/harness.ts";
-import { beartracks, call, eventually, monitorClient, scraperEnv, type ScraperEnv } from "./support.ts";
+import { beartracks, call, eventually, monitorClient, scraperEnv, watchStream, type ScraperEnv } from "./support.ts";
 
 let env: ScraperEnv;
 let scraper: ServiceProcess;
@@ -197,6 +197,32 @@ describe("WatchMonitors", () => {
       await eventually(async () => received.find((r) => r.monitor?.mode === MonitorMode.MONITOR_MODE_PAUSED), 5000, "the pause");
     } finally {
       stream.cancel();
+    }
+  });
+
+  test("a deletion reaches every stream that had sent the monitor, once, and no other", async () => {
+    const monitor = await create("watch-delete", { intervalSeconds: 3600 });
+    const kept = await create("watch-kept", { intervalSeconds: 3600 });
+    const everything = watchStream(client, [], alice);
+    const justIt = watchStream(client, [monitor.id], alice);
+    const operators = watchStream(client, [], operator);
+    const bobs = watchStream(client, [], bob);
+    const streams = [everything, justIt, operators];
+    try {
+      await eventually(async () => (streams.every((s) => s.received.some((r) => r.monitor?.id === monitor.id)) ? true : undefined), 5000, "the current states");
+      await call(client, "deleteMonitor", { id: monitor.id }, alice);
+      for (const stream of streams) {
+        const deletion = await eventually(async () => stream.received.find((r) => r.deletedMonitorId === monitor.id), 5000, "the deletion");
+        expect(deletion.monitor).toBeUndefined();
+      }
+      // A later update of another monitor still flows, and the deletion was said once.
+      await call(client, "pauseMonitor", { id: kept.id }, alice);
+      await eventually(async () => everything.received.find((r) => r.monitor?.id === kept.id && r.monitor.mode === MonitorMode.MONITOR_MODE_PAUSED), 5000, "the pause");
+      expect(everything.received.filter((r) => r.deletedMonitorId === monitor.id)).toHaveLength(1);
+      // Bob never saw alice's monitor, so he hears nothing of its deletion.
+      expect(bobs.received.filter((r) => r.deletedMonitorId !== "" || r.monitor?.owner === "alice")).toEqual([]);
+    } finally {
+      for (const stream of [...streams, bobs]) stream.cancel();
     }
   });
 

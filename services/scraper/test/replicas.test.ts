@@ -11,7 +11,7 @@ import { createMonitorFeed } from "../src/feed.ts";
 import { parseSeatText } from "../src/seats.ts";
 import { recordOutcome } from "../src/schedule.ts";
 import { claimOne } from "../src/store.ts";
-import { beartracks, call, eventually, monitorClient, scraperEnv, type ScraperEnv } from "./support.ts";
+import { beartracks, call, eventually, monitorClient, scraperEnv, watchStream, type ScraperEnv } from "./support.ts";
 
 const INTERVAL_S = 2;
 let env: ScraperEnv;
@@ -76,6 +76,21 @@ describe("two replicas", () => {
     expect(states.map((r) => [r.health, r.n])).toEqual([["HEALTHY", 100]]);
     await sql`update monitors set mode = 'PAUSED', next_check_at = null where id = any(${monitors.map((m) => m.id)}::uuid[])`;
   }, 90_000);
+
+  test("a deletion on one replica reaches watchers on the other; one whose news was lost arrives by the safety poll", async () => {
+    const [announced, unannounced] = [await create("deleted-a", { intervalSeconds: 3600 }), await create("deleted-b", { intervalSeconds: 3600 })];
+    const watcher = watchStream(clients[0]!, [], token);
+    try {
+      await eventually(async () => (watcher.received.some((r) => r.monitor?.id === unannounced.id) ? true : undefined), 5000, "the current states");
+      await call(clients[1]!, "deleteMonitor", { id: announced.id }, token);
+      await eventually(async () => watcher.received.find((r) => r.deletedMonitorId === announced.id), 5000, "the deletion from the other replica");
+      // Deleted without a word on the feed (as when a replica dies between commit and publish).
+      await sql`delete from monitors where id = ${unannounced.id}`;
+      await eventually(async () => watcher.received.find((r) => r.deletedMonitorId === unannounced.id), 15_000, "the deletion found by the poll");
+    } finally {
+      watcher.cancel();
+    }
+  }, 30_000);
 
   test("a replica whose lease was taken over cannot write its result", async () => {
     env.registrar.setFault("fenced", "hang");

@@ -6,9 +6,9 @@
 import * as grpc from "@grpc/grpc-js";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { MonitorServiceClient } from "@coursemesh/proto/coursemesh/scraper/v1/scraper";
+import { MonitorServiceClient, type WatchMonitorsResponse } from "@coursemesh/proto/coursemesh/scraper/v1/scraper";
 import { deleteStreams } from "@coursemesh/shared/events/index.ts";
-import { unary } from "@coursemesh/shared/grpc/client.ts";
+import { bearer, unary } from "@coursemesh/shared/grpc/client.ts";
 import { createTestDatabase, startServiceProcess, TEST_NATS_URL, testNatsPrefix, type ServiceProcess, type TestDatabase } from "@coursemesh/shared/testing/harness.ts";
 import { startRegistrar, type Registrar, type RegistrarOptions } from "../src/demo/registrar.ts";
 import { eventually } from "@coursemesh/shared/testing/eventually.ts";
@@ -121,6 +121,15 @@ export function call<K extends keyof MonitorServiceClient>(
 ): Promise<MonitorServiceClient[K] extends Unary<any, infer R> ? R : never> {
   const fn = (client[method] as Function).bind(client);
   return unary(fn, request, { token, deadlineMs }) as never;
+}
+
+/** A WatchMonitors stream whose messages collect in `received` until `cancel()`. */
+export function watchStream(client: MonitorServiceClient, ids: string[], token: string) {
+  const received: WatchMonitorsResponse[] = [];
+  const stream = client.watchMonitors({ ids }, bearer(token));
+  stream.on("data", (message: WatchMonitorsResponse) => received.push(message));
+  stream.on("error", () => {});
+  return { received, cancel: () => stream.cancel() };
 }
 
 /** A BearTracks extractor for the demo's sample data. */

@@ -662,13 +662,24 @@ export interface WatchMonitorsRequest {
   ids: string[];
 }
 
-/** WatchMonitorsResponse is one monitor's state (the first messages are the current states). */
+/**
+ * WatchMonitorsResponse is one monitor's state (the first messages are the current states), or
+ * the news that a monitor the stream had sent was deleted.
+ */
 export interface WatchMonitorsResponse {
+  /** Unset when the message reports a deletion. */
   monitor:
     | Monitor
     | undefined;
   /** The seat change that caused this update, if it was one. */
-  change: SeatChange | undefined;
+  change:
+    | SeatChange
+    | undefined;
+  /**
+   * Set (and `monitor` unset) when a monitor this stream had sent was deleted: forget it. Sent once
+   * per stream, whichever replica deleted it.
+   */
+  deletedMonitorId: string;
 }
 
 function createBaseSeats(): Seats {
@@ -3322,7 +3333,7 @@ export const WatchMonitorsRequest: MessageFns<WatchMonitorsRequest> = {
 };
 
 function createBaseWatchMonitorsResponse(): WatchMonitorsResponse {
-  return { monitor: undefined, change: undefined };
+  return { monitor: undefined, change: undefined, deletedMonitorId: "" };
 }
 
 export const WatchMonitorsResponse: MessageFns<WatchMonitorsResponse> = {
@@ -3332,6 +3343,9 @@ export const WatchMonitorsResponse: MessageFns<WatchMonitorsResponse> = {
     }
     if (message.change !== undefined) {
       SeatChange.encode(message.change, writer.uint32(18).fork()).join();
+    }
+    if (message.deletedMonitorId !== "") {
+      writer.uint32(26).string(message.deletedMonitorId);
     }
     return writer;
   },
@@ -3365,6 +3379,14 @@ export const WatchMonitorsResponse: MessageFns<WatchMonitorsResponse> = {
             message.change = SeatChange.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.deletedMonitorId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3381,6 +3403,11 @@ export const WatchMonitorsResponse: MessageFns<WatchMonitorsResponse> = {
     return {
       monitor: isSet(object.monitor) ? Monitor.fromJSON(object.monitor) : undefined,
       change: isSet(object.change) ? SeatChange.fromJSON(object.change) : undefined,
+      deletedMonitorId: isSet(object.deletedMonitorId)
+        ? globalThis.String(object.deletedMonitorId)
+        : isSet(object.deleted_monitor_id)
+        ? globalThis.String(object.deleted_monitor_id)
+        : "",
     };
   },
 
@@ -3391,6 +3418,9 @@ export const WatchMonitorsResponse: MessageFns<WatchMonitorsResponse> = {
     }
     if (message.change !== undefined) {
       obj.change = SeatChange.toJSON(message.change);
+    }
+    if (message.deletedMonitorId !== "") {
+      obj.deletedMonitorId = message.deletedMonitorId;
     }
     return obj;
   },
@@ -3406,6 +3436,7 @@ export const WatchMonitorsResponse: MessageFns<WatchMonitorsResponse> = {
     message.change = (object.change !== undefined && object.change !== null)
       ? SeatChange.fromPartial(object.change)
       : undefined;
+    message.deletedMonitorId = object.deletedMonitorId ?? "";
     return message;
   },
 };
@@ -3540,7 +3571,8 @@ export const MonitorServiceService = {
   },
   /**
    * WatchMonitors streams the current state of each watched monitor first, then every update
-   * (check result, mode or health change), from any replica, until the client cancels.
+   * (check result, mode or health change) and deletion, from any replica, until the client
+   * cancels.
    * Errors: NOT_FOUND MONITOR_NOT_FOUND (an id in ids the caller cannot see).
    */
   watchMonitors: {
@@ -3604,7 +3636,8 @@ export interface MonitorServiceServer extends UntypedServiceImplementation {
   listSeatChanges: handleUnaryCall<ListSeatChangesRequest, ListSeatChangesResponse>;
   /**
    * WatchMonitors streams the current state of each watched monitor first, then every update
-   * (check result, mode or health change), from any replica, until the client cancels.
+   * (check result, mode or health change) and deletion, from any replica, until the client
+   * cancels.
    * Errors: NOT_FOUND MONITOR_NOT_FOUND (an id in ids the caller cannot see).
    */
   watchMonitors: handleServerStreamingCall<WatchMonitorsRequest, WatchMonitorsResponse>;
@@ -3785,7 +3818,8 @@ export interface MonitorServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * WatchMonitors streams the current state of each watched monitor first, then every update
-   * (check result, mode or health change), from any replica, until the client cancels.
+   * (check result, mode or health change) and deletion, from any replica, until the client
+   * cancels.
    * Errors: NOT_FOUND MONITOR_NOT_FOUND (an id in ids the caller cannot see).
    */
   watchMonitors(
