@@ -179,10 +179,20 @@ test("sign in, add a monitor, see a seat change live, pause and resume, read the
   const checkedBefore = await page.$eval("tr[data-monitor] time", (el) => el.getAttribute("datetime"));
   await page.click("form[data-action=check] button");
   await page.waitForFunction((before: string) => document.querySelector("tr[data-monitor] time")?.getAttribute("datetime") !== before, { timeout: WAIT_MS }, checkedBefore!);
+  // A second tab shows the same monitor; the deletion in the first takes it off the second live.
+  const other = await context.newPage();
+  await other.goto(`${stack.web.httpUrl}/monitors`);
+  await other.waitForSelector("tr[data-monitor]", { timeout: WAIT_MS });
+  await other.evaluate(() => (window.sameLoad = true));
+  await page.bringToFront();
   page.once("dialog", (dialog) => void dialog.accept());
   await page.click("form[data-action=delete] button");
   await page.waitForFunction(() => document.querySelectorAll("tr[data-monitor]").length === 0, { timeout: WAIT_MS });
   expect(await page.$eval("[data-empty]", (el) => (el as any).hidden)).toBe(false);
+  await other.waitForFunction(() => document.querySelectorAll("tr[data-monitor]").length === 0, { timeout: WAIT_MS });
+  expect(await other.evaluate(() => window.sameLoad)).toBe(true);
+  expect(await other.$eval("[data-empty]", (el) => (el as any).hidden)).toBe(false);
+  expect(await text(other, "[data-live-status]")).toBe("Deleted elsewhere.");
   await context.close();
 }, 90_000);
 

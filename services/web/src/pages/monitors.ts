@@ -285,7 +285,9 @@ export function monitorRoutes({ backends, live }: RouteDeps): Route[] {
           return relayStreams(
             sink,
             [call],
-            ({ monitor, change }) => {
+            ({ monitor, change, deletedMonitorId }) => {
+              // Deleted anywhere (another tab, another user's operator, grpcurl): the row goes.
+              if (deletedMonitorId) return sink.send("monitor", { id: deletedMonitorId, deleted: true });
               if (!monitor) return;
               sink.send("monitor", {
                 id: monitor.id,

@@ -84,6 +84,14 @@
       if (list) empty.hidden = list.children.length > 0;
     }
   }
+  /** Takes an item (a row, a job, a request) off the page and says so. */
+  function removeItem(element, message) {
+    if (!element) return;
+    const scope = element.closest("section") || element.parentElement;
+    element.remove();
+    updateEmpty();
+    announce(message, scope);
+  }
   function announce(text, scope) {
     const status = (scope && scope.closest("section") && scope.closest("section").querySelector("[data-live-status]")) || document.querySelector("[data-live-status]");
     if (status) status.textContent = text;
@@ -129,13 +137,7 @@
   function after(form, data) {
     clearErrors(form);
     const action = form.dataset.action;
-    if (data.deleted) {
-      const row = form.closest("tr, li, article");
-      if (row) row.remove();
-      updateEmpty();
-      announce("Deleted.", form);
-      return;
-    }
+    if (data.deleted) return removeItem(form.closest("tr, li, article"), "Deleted.");
     const requests = document.getElementById("request-list");
     if (action === "enroll" && requests && requests.hasAttribute("data-student") && requests.dataset.student !== data.studentId) {
       // A registrar enrolled someone other than the student whose requests are shown: show theirs.
@@ -180,6 +182,7 @@
     const source = new EventSource(url);
     const onUpdate = function (event) {
       const data = JSON.parse(event.data);
+      if (data.deleted) return removeItem(document.querySelector("[data-" + event.type + '="' + CSS.escape(data.id) + '"]'), "Deleted elsewhere.");
       if (data.html) place(data.html);
       if (data.change) announce(data.change.label + ": " + data.change.from + " → " + data.change.to, document.getElementById("monitor-rows"));
     };
