@@ -15,8 +15,8 @@ const HEALTH: Record<Health, MonitorHealth> = {
   ERROR: MonitorHealth.MONITOR_HEALTH_ERROR,
 };
 
-function envelope(event: "changed" | "health", type: string, monitorId: string, version: number, payload: unknown): OutboxEvent {
-  return { subject: `seats.${event}.${monitorId}`, type, payload: payload as Record<string, unknown>, aggregateId: monitorId, aggregateVersion: version };
+function envelope(event: "changed" | "health", type: string, monitorId: string, version: number, payload: unknown, eventId?: string): OutboxEvent {
+  return { subject: `seats.${event}.${monitorId}`, type, payload: payload as Record<string, unknown>, aggregateId: monitorId, aggregateVersion: version, eventId };
 }
 
 /** The events' Seats message for a reading. */
@@ -24,10 +24,10 @@ export function eventSeats(seats: SeatReading): Seats {
   return { open: seats.open, capacity: seats.capacity, waitlist: seats.waitlist, raw: seats.raw, parseError: seats.note ?? "" };
 }
 
-/** `seats.changed.<monitor_id>` for a seat change recorded at `version`. */
+/** `seats.changed.<monitor_id>` for a seat change recorded at `version`, with the event_id the change keeps. */
 export function seatsChangedEvent(
   monitor: Pick<MonitorRecord, "id" | "label" | "url">,
-  change: { id: string; previous: SeatReading | null; current: SeatReading; observedAt: Date; version: number },
+  change: { id: string; previous: SeatReading | null; current: SeatReading; observedAt: Date; version: number; eventId: string },
 ): OutboxEvent {
   const message = SeatsChanged.fromPartial({
     monitorId: monitor.id,
@@ -39,7 +39,7 @@ export function seatsChangedEvent(
     observedAt: change.observedAt,
     seatChangeId: change.id,
   });
-  return envelope("changed", "coursemesh.events.v1.SeatsChanged", monitor.id, change.version, SeatsChanged.toJSON(message));
+  return envelope("changed", "coursemesh.events.v1.SeatsChanged", monitor.id, change.version, SeatsChanged.toJSON(message), change.eventId);
 }
 
 /** `seats.health.<monitor_id>` for a health transition at `version`. */

@@ -87,7 +87,7 @@ export function monitorToProto(m: MonitorRecord): Monitor {
 }
 
 function changeToProto(c: SeatChangeRecord): SeatChange {
-  return { id: c.id, monitorId: c.monitorId, previous: c.previous ? seatsToProto(c.previous) : undefined, current: seatsToProto(c.current), observedAt: c.observedAt };
+  return { id: c.id, monitorId: c.monitorId, previous: c.previous ? seatsToProto(c.previous) : undefined, current: seatsToProto(c.current), observedAt: c.observedAt, eventId: c.eventId ?? "" };
 }
 
 /** The owner filter for the caller: their own monitors, or everything for operators. */

@@ -110,7 +110,8 @@ export async function recordOutcome(ctx: RecordContext, leased: Leased, outcome:
     if (effect.change) {
       changeId = Bun.randomUUIDv7();
       version++;
-      const change = { id: changeId, monitorId: current.id, previous: effect.change.previous, current: effect.change.current, observedAt: outcome.observedAt, version };
+      // The change keeps its event's id, so the notifications of that event pair with it exactly.
+      const change = { id: changeId, monitorId: current.id, previous: effect.change.previous, current: effect.change.current, observedAt: outcome.observedAt, version, eventId: Bun.randomUUIDv7() };
       await insertSeatChange(tx, change);
       events.push(seatsChangedEvent(current, change));
     }

@@ -234,6 +234,8 @@ export interface SeatChangeRecord {
   current: SeatReading;
   observedAt: Date;
   version: number;
+  /** The seats.changed event's event_id; null for changes recorded before it was kept. */
+  eventId: string | null;
 }
 
 function toChange(row: Row): SeatChangeRecord {
@@ -244,15 +246,16 @@ function toChange(row: Row): SeatChangeRecord {
     current: row.current as SeatReading,
     observedAt: date(row.observed_at)!,
     version: Number(row.version),
+    eventId: (row.event_id as string | null) ?? null,
   };
 }
 
 /** Records a seat change in the history. */
 export async function insertSeatChange(tx: Tx, change: SeatChangeRecord): Promise<void> {
   await tx`
-    insert into seat_changes (id, monitor_id, previous, current, observed_at, version)
+    insert into seat_changes (id, monitor_id, previous, current, observed_at, version, event_id)
     values (${change.id}, ${change.monitorId}, ${change.previous ? tx.json(change.previous as never) : null},
-            ${tx.json(change.current as never)}, ${change.observedAt}, ${change.version})`;
+            ${tx.json(change.current as never)}, ${change.observedAt}, ${change.version}, ${change.eventId})`;
 }
 
 /** A page of a monitor's seat changes, newest first. */

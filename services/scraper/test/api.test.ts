@@ -88,9 +88,11 @@ describe("watching seats", () => {
     const history = await call(client, "listSeatChanges", { monitorId: monitor.id, pageSize: 1, pageToken: "" }, alice);
     expect(history.seatChanges).toHaveLength(1);
     expect(history.seatChanges[0]!.id).toBe(event.data.seatChangeId);
+    // The change names the event it produced, which the notifier's notifications of it carry too.
+    expect(history.seatChanges[0]!.eventId).toBe(event.data.eventId);
     expect(history.seatChanges[0]!.current).toMatchObject({ open: 3, capacity: 30 });
     const older = await call(client, "listSeatChanges", { monitorId: monitor.id, pageSize: 1, pageToken: history.nextPageToken }, alice);
-    expect(older.seatChanges.map((c) => c.id)).toEqual([first.data.seatChangeId]);
+    expect(older.seatChanges.map((c) => [c.id, c.eventId])).toEqual([[first.data.seatChangeId, first.data.eventId]]);
     expect(older.seatChanges[0]!.previous).toBeUndefined();
     expect(older.nextPageToken).toBe("");
 

@@ -545,7 +545,14 @@ export interface SeatChange {
     | Seats
     | undefined;
   /** When the check that saw the change read the page. */
-  observedAt: Date | undefined;
+  observedAt:
+    | Date
+    | undefined;
+  /**
+   * The event_id of the seats.changed event this change produced: the notifier's notifications of
+   * it carry the same event_id. Empty for changes recorded before the scraper kept it.
+   */
+  eventId: string;
 }
 
 export interface CreateMonitorRequest {
@@ -1630,7 +1637,7 @@ export const Monitor: MessageFns<Monitor> = {
 };
 
 function createBaseSeatChange(): SeatChange {
-  return { id: "", monitorId: "", previous: undefined, current: undefined, observedAt: undefined };
+  return { id: "", monitorId: "", previous: undefined, current: undefined, observedAt: undefined, eventId: "" };
 }
 
 export const SeatChange: MessageFns<SeatChange> = {
@@ -1649,6 +1656,9 @@ export const SeatChange: MessageFns<SeatChange> = {
     }
     if (message.observedAt !== undefined) {
       Timestamp.encode(toTimestamp(message.observedAt), writer.uint32(42).fork()).join();
+    }
+    if (message.eventId !== "") {
+      writer.uint32(50).string(message.eventId);
     }
     return writer;
   },
@@ -1706,6 +1716,14 @@ export const SeatChange: MessageFns<SeatChange> = {
             message.observedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.eventId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1733,6 +1751,11 @@ export const SeatChange: MessageFns<SeatChange> = {
         : isSet(object.observed_at)
         ? fromJsonTimestamp(object.observed_at)
         : undefined,
+      eventId: isSet(object.eventId)
+        ? globalThis.String(object.eventId)
+        : isSet(object.event_id)
+        ? globalThis.String(object.event_id)
+        : "",
     };
   },
 
@@ -1753,6 +1776,9 @@ export const SeatChange: MessageFns<SeatChange> = {
     if (message.observedAt !== undefined) {
       obj.observedAt = message.observedAt.toISOString();
     }
+    if (message.eventId !== "") {
+      obj.eventId = message.eventId;
+    }
     return obj;
   },
 
@@ -1770,6 +1796,7 @@ export const SeatChange: MessageFns<SeatChange> = {
       ? Seats.fromPartial(object.current)
       : undefined;
     message.observedAt = object.observedAt ?? undefined;
+    message.eventId = object.eventId ?? "";
     return message;
   },
 };
