@@ -4,7 +4,11 @@ import { createAuthenticator, mintToken } from "@coursemesh/shared/auth.ts";
 import { alreadyExists, GrpcStatus, invalidArgument, notFound, resourceExhausted, toGrpcError, unavailable } from "@coursemesh/shared/grpc/errors.ts";
 import { TEST_JWT_SECRET } from "@coursemesh/shared/testing/harness.ts";
 import { toWebError } from "../src/errors.ts";
+import { parseHTML } from "linkedom";
+import { Monitor, SeatChange } from "@coursemesh/proto/coursemesh/scraper/v1/scraper.ts";
+import { Notification, NotificationStatus } from "@coursemesh/proto/coursemesh/notifier/v1/notifier.ts";
 import { ago } from "../src/format.ts";
+import { historyBody } from "../src/pages/monitors.ts";
 import { escapeHtml, html, raw } from "../src/html.ts";
 import { areasFor } from "../src/roles.ts";
 import { csrfMatches, csrfToken, parseCookies, sameOrigin, sessionCookie, sessionOf, SESSION_COOKIE } from "../src/session.ts";
@@ -131,4 +135,24 @@ test("relative times read like a person would say them", () => {
   expect(ago(new Date(now - 12_000), now)).toBe("12 s ago");
   expect(ago(new Date(now - 3 * 60_000 - 5000), now)).toBe("3 min ago");
   expect(ago(new Date(now - 2 * 3600_000), now)).toBe("2 h ago");
+});
+
+test("the history pairs each seat change with its own event's notifications, however close in time", () => {
+  const at = (ms: number) => new Date(Date.parse("2026-01-01T12:00:00Z") + ms);
+  const monitor = Monitor.fromPartial({ id: "m-1", label: "CMPUT 201 LEC A1" });
+  const changes = [
+    SeatChange.fromPartial({ id: "c-1", eventId: "e-1", previous: { open: 0 }, current: { open: 1 }, observedAt: at(0) }),
+    SeatChange.fromPartial({ id: "c-2", eventId: "e-2", previous: { open: 1 }, current: { open: 2 }, observedAt: at(300) }),
+  ];
+  // The first change's email is sent after the second change was seen: by time it would look like the second's.
+  const notifications = [
+    Notification.fromPartial({ eventId: "e-1", eventType: "seats.changed", recipient: "first@example.edu", subject: "1 open", status: NotificationStatus.NOTIFICATION_STATUS_SENT, createdAt: at(900) }),
+    Notification.fromPartial({ eventId: "e-2", eventType: "seats.changed", recipient: "second@example.edu", subject: "2 open", status: NotificationStatus.NOTIFICATION_STATUS_SENT, createdAt: at(950) }),
+  ];
+  const { document } = parseHTML(`<div>${historyBody(monitor, changes, notifications).value}</div>`);
+  const items = [...document.querySelectorAll("[data-history-list] > li")].map((li) => [li.querySelector("strong")?.textContent, [...li.querySelectorAll("li")].map((n) => n.textContent)]);
+  expect(items).toEqual([
+    ["1 open → 2 open", ["Sent: 2 open to second@example.edu"]],
+    ["0 open → 1 open", ["Sent: 1 open to first@example.edu"]],
+  ]);
 });

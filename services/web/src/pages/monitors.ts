@@ -138,13 +138,20 @@ ${monitorForm(ctx.csrf, state)}
 </dialog>`);
 }
 
-/** A change and the notifications that followed it (until the next change). */
-function historyBody(monitor: Monitor, changes: SeatChange[], notifications: Notification[]): Html {
+/**
+ * Each change with the notifications its seats.changed event caused: paired by the event's id. A
+ * change recorded before the scraper kept that id gets the notifications that followed it (until
+ * the next change) instead.
+ */
+export function historyBody(monitor: Monitor, changes: SeatChange[], notifications: Notification[]): Html {
   const byTime = [...changes].sort((a, b) => (b.observedAt?.getTime() ?? 0) - (a.observedAt?.getTime() ?? 0));
+  const seatNotifications = notifications.filter((n) => n.eventType === "seats.changed");
   const rows = byTime.map((change, i) => {
     const from = change.observedAt?.getTime() ?? 0;
     const until = i === 0 ? Infinity : (byTime[i - 1]!.observedAt?.getTime() ?? Infinity);
-    const caused = notifications.filter((n) => n.eventType === "seats.changed" && (n.createdAt?.getTime() ?? 0) >= from - 1000 && (n.createdAt?.getTime() ?? 0) < until);
+    const caused = change.eventId
+      ? seatNotifications.filter((n) => n.eventId === change.eventId)
+      : seatNotifications.filter((n) => (n.createdAt?.getTime() ?? 0) >= from - 1000 && (n.createdAt?.getTime() ?? 0) < until);
     return html`<li class="job">
   <strong>${seatsText(change.previous)} → ${seatsText(change.current)}</strong> · ${relativeTime(change.observedAt)}
   ${
