@@ -184,6 +184,9 @@ test("sign in, add a monitor, see a seat change live, pause and resume, read the
   await other.goto(`${stack.web.httpUrl}/monitors`);
   await other.waitForSelector("tr[data-monitor]", { timeout: WAIT_MS });
   await other.evaluate(() => (window.sameLoad = true));
+  // Its live stream is open once a check (one a second) arrives on it; only then can it hear of the deletion.
+  const shownCheck = await other.$eval("tr[data-monitor] time", (el) => el.getAttribute("datetime"));
+  await other.waitForFunction((before: string) => document.querySelector("tr[data-monitor] time")?.getAttribute("datetime") !== before, { timeout: WAIT_MS }, shownCheck!);
   await page.bringToFront();
   page.once("dialog", (dialog) => void dialog.accept());
   await page.click("form[data-action=delete] button");
