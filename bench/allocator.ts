@@ -13,7 +13,6 @@
  * Run: bun run bench/allocator.ts [--quick]   (--quick: a tenth of the sizes, for a smoke test)
  * BENCH_SERVICE_LOG_LEVEL=debug prints the allocator's last log lines (one per batch) to stderr.
  */
-import { readFileSync } from "node:fs";
 import { availableParallelism, loadavg } from "node:os";
 import * as grpc from "@grpc/grpc-js";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -32,6 +31,7 @@ import {
   type ServiceProcess,
 } from "@coursemesh/shared/testing/harness.ts";
 import { connectH2Unary } from "./h2-unary.ts";
+import { processCpuSeconds } from "./proc-cpu.ts";
 import { decidedEvent } from "../services/allocator/src/events.ts";
 import { checkInvariants, waitUntilAllDecided } from "../services/allocator/src/invariants.ts";
 import type { DecidedStatus } from "../services/allocator/src/store.ts";
@@ -129,16 +129,6 @@ async function decisionStats(sql: Sql, courseIds: string[]) {
       (percentile_cont(0.99) within group (order by extract(epoch from decided_at - created_at)) * 1000)::float8 as p99_ms
     from allocator.requests where course_id = any(${courseIds}::uuid[])`;
   return { decided: row!.n as number, decidedPerSecond: row!.n / row!.span_s, p50: row!.p50_ms as number, p99: row!.p99_ms as number };
-}
-
-/** Seconds of CPU (user + system) a process has used, from /proc; 0 once it is gone. */
-function processCpuSeconds(pid: number): number {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return 0;
-  }
 }
 
 type CpuSample = Map<string, number>;
