@@ -205,10 +205,18 @@ function wrapHandler(
   const kind = kindOf(method);
   const spanName = `${options.service}.${methodName}`;
   const labels = { grpc_service: serviceName, grpc_method: methodName, grpc_type: kind };
+  // The labelled series of this method, looked up once rather than hashed from labels on every call.
+  const handlingSeconds = grpcServerHandlingSeconds.labels(labels);
+  const handledByCode = new Map<grpc.status, { inc(): void }>();
+  const handled = (code: grpc.status) => {
+    let counter = handledByCode.get(code);
+    if (!counter) handledByCode.set(code, (counter = grpcServerHandled.labels({ ...labels, grpc_code: grpc.status[code] ?? String(code) })));
+    return counter;
+  };
 
   // Runs the handler with a server span, auth and timing; returns the result or throws a ServiceError.
   async function run(call: SurfaceCall, invoke: (ctx: CallContext) => Promise<unknown>): Promise<unknown> {
-    const stopTimer = grpcServerHandlingSeconds.startTimer(labels);
+    const stopTimer = handlingSeconds.startTimer();
     const controller = new AbortController();
     inFlight.add(controller);
     const onCancel = () => controller.abort(new Error("cancelled by the client"));
@@ -258,7 +266,7 @@ function wrapHandler(
       call.removeListener("cancelled", onCancel);
       inFlight.delete(controller);
       stopTimer();
-      grpcServerHandled.inc({ ...labels, grpc_code: grpc.status[code] ?? String(code) });
+      handled(code).inc();
     }
   }
 
