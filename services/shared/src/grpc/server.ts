@@ -66,11 +66,14 @@ function kindOf(method: grpc.MethodDefinition<unknown, unknown>): CallKind {
   return method.responseStream ? "server_stream" : "unary";
 }
 
-function metadataCarrier(metadata: grpc.Metadata): Record<string, string> {
-  const carrier: Record<string, string> = {};
-  for (const key of ["traceparent", "tracestate", "baggage"]) {
+const TRACE_KEYS = ["traceparent", "tracestate", "baggage"] as const;
+
+/** The W3C trace headers of a call; undefined when it has none (the root context, without running the propagators). */
+function metadataCarrier(metadata: grpc.Metadata): Record<string, string> | undefined {
+  let carrier: Record<string, string> | undefined;
+  for (const key of TRACE_KEYS) {
     const value = metadata.get(key)[0];
-    if (typeof value === "string") carrier[key] = value;
+    if (typeof value === "string") (carrier ??= {})[key] = value;
   }
   return carrier;
 }
@@ -238,6 +241,8 @@ function wrapHandler(
   const [, serviceName = "", methodName = ""] = method.path.split("/");
   const kind = kindOf(method);
   const spanName = `${options.service}.${methodName}`;
+  // The span's attributes at start are the same on every call of the method (the SDK copies them).
+  const spanAttributes = { "rpc.system": "grpc", "rpc.service": serviceName, "rpc.method": methodName };
   const labels = { grpc_service: serviceName, grpc_method: methodName, grpc_type: kind };
   // The labelled series of this method, looked up once rather than hashed from labels on every call.
   const handlingSeconds = grpcServerHandlingSeconds.labels(labels);
@@ -260,7 +265,7 @@ function wrapHandler(
         {
           kind: SpanKind.SERVER,
           parent: extractTraceContext(metadataCarrier(call.metadata)),
-          attributes: { "rpc.system": "grpc", "rpc.service": serviceName, "rpc.method": methodName },
+          attributes: spanAttributes,
         },
         async (span) => {
           try {
