@@ -164,3 +164,40 @@ export function relayStreams<T>(sink: LiveSink, calls: grpc.ClientReadableStream
 export function watchedIds(url: URL): string[] {
   return [...new Set(url.searchParams.getAll("id").filter((id) => /^[0-9a-f-]{1,64}$/i.test(id)))].slice(0, MAX_ITEMS_PER_STREAM);
 }
+
+/** One item a poll found: `key` says whether it changed since it was last sent. */
+export interface PolledItem {
+  id: string;
+  key: string;
+  html: string;
+}
+
+/**
+ * Follows a source that has no watch by polling it with the stream's own user's token: every
+ * `intervalMs` it loads the items and sends `event` for those whose key changed since they were last
+ * sent (the first poll only fills in what changed since the page was rendered). A failed poll is
+ * sent as "failure" and the next one tries again. Returns the cleanup that stops polling.
+ */
+export function pollStream(sink: LiveSink, event: string, load: () => Promise<PolledItem[]>, intervalMs: number): () => void {
+  const sent = new Map<string, string>();
+  let polling = false;
+  const poll = async () => {
+    if (polling || sink.signal.aborted) return;
+    polling = true;
+    try {
+      for (const item of await load()) {
+        if (sent.get(item.id) === item.key) continue;
+        const first = !sent.has(item.id);
+        sent.set(item.id, item.key);
+        sink.send(event, { id: item.id, html: item.html, initial: first });
+      }
+    } catch (error) {
+      sink.send("failure", { message: toWebError(error).message });
+    } finally {
+      polling = false;
+    }
+  };
+  void poll();
+  const timer = setInterval(poll, intervalMs);
+  return () => clearInterval(timer);
+}

@@ -6,6 +6,7 @@ import type { LiveStreams } from "./live.ts";
 import { courseRoutes } from "./pages/courses.ts";
 import { enrollmentRoutes } from "./pages/enrollment.ts";
 import { monitorRoutes } from "./pages/monitors.ts";
+import { rosterRoutes } from "./pages/roster.ts";
 import { uploadRoutes } from "./pages/uploads.ts";
 
 export interface RouteDeps {
@@ -19,5 +20,5 @@ export interface RouteDeps {
 
 /** The routes of all areas. */
 export function webRoutes(deps: RouteDeps): Route[] {
-  return [...monitorRoutes(deps), ...courseRoutes(deps), ...enrollmentRoutes(deps), ...uploadRoutes(deps)];
+  return [...monitorRoutes(deps), ...courseRoutes(deps), ...rosterRoutes(deps), ...enrollmentRoutes(deps), ...uploadRoutes(deps)];
 }

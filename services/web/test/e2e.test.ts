@@ -3,7 +3,8 @@
  * and an SMTP server, all on loopback: sign in, add a monitor (bad input first), see a seat change
  * arrive without a reload, pause and resume, read the history; upload a PDF by drag and drop and
  * watch the bar reach 100 and the outline appear; a registrar creates a course and sees its
- * counts move; a student's enrollment decision and waitlist position arrive live. A screenshot of
+ * counts move; a student's enrollment decision and waitlist position arrive live, and a course's
+ * page shows a drop promote the waitlist head live. A screenshot of
  * each page is saved to .tmp/screenshots/web/.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
@@ -345,6 +346,23 @@ test("a registrar's course counts and a student's decision, waitlist position an
   await elsewhere.page.goto(`${stack.web.httpUrl}/enrollment`);
   expect(await elsewhere.page.$$eval("#request-list [data-request]", (items) => items.map((li) => li.getAttribute("data-status")))).toEqual(["ENROLLED"]);
   await elsewhere.context.close();
+
+  // The course's page: gus waits first in line; when sam drops (from anywhere), gus gets the seat on the open page.
+  const grpcClient = createClient(EnrollmentServiceClient, stack.services.allocator!.grpcAddress, { caller: "test" });
+  await unary(grpcClient.enroll.bind(grpcClient), { idempotencyKey: "gus", studentId: "gus", courseId, priority: 0, wait: true }, { token: await testToken("gus", ["student"]) });
+  await Promise.all([courses.waitForNavigation(), courses.click(`#course-${courseId} a[data-course-link]`)]);
+  expect(await courses.$$eval("[data-enrolled]", (rows) => rows.map((tr) => tr.getAttribute("data-enrolled")))).toEqual(["fay", "sam"]);
+  expect(await courses.$$eval("[data-waitlisted]", (rows) => rows.map((tr) => `${tr.querySelector("[data-position]").textContent} ${tr.getAttribute("data-waitlisted")}`))).toEqual(["1 gus"]);
+  await courses.evaluate(() => (window.sameLoad = true));
+  await unary(grpcClient.drop.bind(grpcClient), { studentId: "sam", courseId, idempotencyKey: "sam-drops" }, { token: await testToken("sam", ["student"]) });
+  grpcClient.close();
+  await courses.waitForFunction(
+    () => [...document.querySelectorAll("[data-enrolled]")].map((tr: any) => tr.getAttribute("data-enrolled")).join() === "fay,gus" && document.querySelectorAll("[data-waitlisted]").length === 0,
+    { timeout: WAIT_MS },
+  );
+  expect(await courses.evaluate(() => window.sameLoad)).toBe(true);
+  expect(await text(courses, "[data-seats-taken]")).toBe("2");
+  await shot(courses, "course");
   await registrarSession.context.close();
 }, 90_000);
 

@@ -243,6 +243,74 @@ describe("what a role sees", () => {
   });
 });
 
+describe("a course's roster", () => {
+  let courseId = "";
+  const roster = async (token: string) => {
+    const response = await fetch(`${base}/courses/${courseId}`, { headers: { cookie: cookie(token) } });
+    const { document } = parseHTML(await response.text());
+    return {
+      status: response.status,
+      enrolled: [...document.querySelectorAll("[data-enrolled]")].map((tr) => tr.getAttribute("data-enrolled")),
+      waitlist: [...document.querySelectorAll("[data-waitlisted]")].map((tr) => `${tr.querySelector("[data-position]")?.textContent} ${tr.getAttribute("data-waitlisted")}`),
+      drops: document.querySelectorAll("form[data-action=drop]").length,
+      seatsTaken: document.querySelector("[data-seats-taken]")?.textContent,
+    };
+  };
+
+  beforeAll(async () => {
+    const client = createClient(EnrollmentServiceClient, stack.services.allocator!.grpcAddress, { caller: "test" });
+    try {
+      const { course } = await unary(client.createCourse.bind(client), { code: "ROST 101", title: "Rosters", capacity: 1 }, { token: registrar });
+      courseId = course!.id;
+      for (const studentId of ["ann", "ben", "cal"]) {
+        await unary(client.enroll.bind(client), { idempotencyKey: `roster-${studentId}`, studentId, courseId, priority: 0, wait: true }, { token: registrar });
+      }
+    } finally {
+      client.close();
+    }
+  });
+
+  test("a registrar sees who holds the seat and the waitlist in order, with Drop; the courses list links to it", async () => {
+    expect(await roster(registrar)).toEqual({ status: 200, enrolled: ["ann"], waitlist: ["1 ben", "2 cal"], drops: 3, seatsTaken: "1" });
+    const { document } = parseHTML(await (await fetch(`${base}/courses`, { headers: { cookie: cookie(registrar) } })).text());
+    expect(document.querySelector(`#course-${courseId} a[data-course-link]`)?.getAttribute("href")).toBe(`/courses/${courseId}`);
+  });
+
+  test("an operator may look but gets no Drop; a student gets 403 and no data, on the page, its stream and Drop", async () => {
+    expect(await roster(await testToken("olga", ["operator"]))).toEqual({ status: 200, enrolled: ["ann"], waitlist: ["1 ben", "2 cal"], drops: 0, seatsTaken: "1" });
+    for (const path of [`/courses/${courseId}`, `/live/courses/${courseId}`]) {
+      const response = await fetch(`${base}${path}`, { headers: { cookie: cookie(student) } });
+      expect(response.status).toBe(403);
+      const body = await response.text();
+      expect(body).not.toContain("ann");
+      expect(body).not.toContain("ROST");
+    }
+    const drop = await post(`/courses/${courseId}/drop`, student, { student_id: "ann", csrf: csrfToken(WEB_SESSION_SECRET, student) });
+    expect(drop.status).toBe(403);
+    expect((await roster(registrar)).enrolled).toEqual(["ann"]);
+  });
+
+  test("dropping the seat holder promotes the waitlist head: the answer and the page show it", async () => {
+    const csrf = csrfToken(WEB_SESSION_SECRET, registrar);
+    const scripted = await post(`/courses/${courseId}/drop`, registrar, { student_id: "ann", csrf }, { accept: "application/json" });
+    expect(scripted.status).toBe(200);
+    const body = (await scripted.json()) as { promoted: string; html: string; message: string };
+    expect(body.promoted).toBe("ben");
+    expect(body.message).toBe("Dropped ann; ben got the seat.");
+    const { document } = parseHTML(body.html);
+    expect([...document.querySelectorAll("[data-enrolled]")].map((tr) => tr.getAttribute("data-enrolled"))).toEqual(["ben"]);
+    expect(await roster(registrar)).toEqual({ status: 200, enrolled: ["ben"], waitlist: ["1 cal"], drops: 2, seatsTaken: "1" });
+
+    // A plain form post drops too and returns to the course page; dropping someone not on it shows the allocator's words.
+    const plain = await post(`/courses/${courseId}/drop`, registrar, { student_id: "cal", csrf });
+    expect([plain.status, plain.headers.get("location")]).toEqual([303, `/courses/${courseId}`]);
+    expect(await roster(registrar)).toEqual({ status: 200, enrolled: ["ben"], waitlist: [], drops: 1, seatsTaken: "1" });
+    const again = await post(`/courses/${courseId}/drop`, registrar, { student_id: "cal", csrf });
+    expect(again.status).toBeGreaterThanOrEqual(400);
+    expect(parseHTML(await again.text()).document.querySelector("[role=alert]")?.textContent?.length).toBeGreaterThan(0);
+  });
+});
+
 test("live streams are bounded per user; the dashboard's own series are on /metrics", async () => {
   const open: Response[] = [];
   for (let i = 0; i < 16; i++) open.push(await fetch(`${base}/live/courses`, { headers: { cookie: cookie(registrar), accept: "text/event-stream" } }));

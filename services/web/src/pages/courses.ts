@@ -10,6 +10,7 @@ import { csrfField, done, field, formMessage, refused, type FormState } from "..
 import { html, type Html } from "../html.ts";
 import { areaPage } from "../layout.ts";
 import { wholeNumber } from "../numbers.ts";
+import { pollStream } from "../live.ts";
 import { htmlResponse } from "../respond.ts";
 import { mayManageCourses, mayViewCourses } from "../roles.ts";
 import type { RouteDeps } from "../routes.ts";
@@ -28,7 +29,7 @@ export const COURSE_POLL_MS = 2000;
 /** One course row; the live stream sends the same markup when its counts change. */
 export function courseRow(course: Course, ctx: Pick<RouteContext, "csrf" | "principal">): Html {
   return html`<tr id="course-${course.id}" data-course="${course.id}">
-  <td data-label="Code"><strong>${course.code}</strong></td>
+  <td data-label="Code"><a href="/courses/${course.id}" data-course-link><strong>${course.code}</strong></a></td>
   <td data-label="Title">${course.title}</td>
   <td data-label="Seats taken" class="num" data-seats-taken>${course.seatsTaken} / ${course.capacity ?? "?"}</td>
   <td data-label="Waitlist" class="num" data-waitlist>${course.waitlistLength}</td>
@@ -79,17 +80,25 @@ ${
 </section>`);
 }
 
-/** Every course the user may see (the allocator pages them; the dashboard shows the first 500). */
-export async function listAllCourses(deps: RouteDeps, token: string): Promise<Course[]> {
-  const client = deps.backends.enrollment;
-  const courses: Course[] = [];
+/** Every item of a paged list, up to `max` (the dashboard shows the first 500). */
+export async function allPages<T>(page: (pageToken: string) => Promise<{ items: T[]; next: string }>, max = 500): Promise<T[]> {
+  const items: T[] = [];
   let pageToken = "";
   do {
+    const answer = await page(pageToken);
+    items.push(...answer.items);
+    pageToken = answer.next;
+  } while (pageToken && items.length < max);
+  return items;
+}
+
+/** Every course the user may see (the allocator pages them; the dashboard shows the first 500). */
+export function listAllCourses(deps: RouteDeps, token: string): Promise<Course[]> {
+  const client = deps.backends.enrollment;
+  return allPages(async (pageToken) => {
     const response = await unary(client.listCourses.bind(client), { pageSize: 100, pageToken }, { token });
-    courses.push(...response.courses);
-    pageToken = response.nextPageToken;
-  } while (pageToken && courses.length < 500);
-  return courses;
+    return { items: response.courses, next: response.nextPageToken };
+  });
 }
 
 /** The courses area's routes. */
@@ -153,31 +162,19 @@ export function courseRoutes(deps: RouteDeps): Route[] {
       path: "/live/courses",
       handler(ctx) {
         if (!mayViewCourses(ctx.principal)) return forbidden();
-        return deps.live.open(ctx.principal.subject, (sink) => {
-          const sent = new Map<string, string>();
-          let polling = false;
-          const poll = async () => {
-            if (polling || sink.signal.aborted) return;
-            polling = true;
-            try {
-              for (const course of await listAllCourses(deps, ctx.token)) {
-                const key = `${course.seatsTaken}/${course.capacity}/${course.waitlistLength}/${course.pending}/${course.title}`;
-                if (sent.get(course.id) === key) continue;
-                const first = !sent.has(course.id);
-                sent.set(course.id, key);
-                // The page already shows the state it was rendered with; the first poll only fills in what changed since.
-                sink.send("course", { id: course.id, html: courseRow(course, ctx).value, initial: first });
-              }
-            } catch (error) {
-              sink.send("failure", { message: toWebError(error).message });
-            } finally {
-              polling = false;
-            }
-          };
-          void poll();
-          const timer = setInterval(poll, COURSE_POLL_MS);
-          return () => clearInterval(timer);
-        });
+        return deps.live.open(ctx.principal.subject, (sink) =>
+          pollStream(
+            sink,
+            "course",
+            async () =>
+              (await listAllCourses(deps, ctx.token)).map((course) => ({
+                id: course.id,
+                key: `${course.seatsTaken}/${course.capacity}/${course.waitlistLength}/${course.pending}/${course.title}`,
+                html: courseRow(course, ctx).value,
+              })),
+            COURSE_POLL_MS,
+          ),
+        );
       },
     },
   ];

@@ -145,6 +145,7 @@
       return;
     }
     if (data.html) place(data.html);
+    if (data.message) announce(data.message, document.querySelector("[data-live-status]"));
     if (action === "create" || action === "enroll") {
       form.reset();
       const key = form.querySelector('[name="idempotency_key"]');
