@@ -33,7 +33,8 @@ export function requireId(value: string, field: string): string {
 
 /** An idempotency key: 1-128 characters, no control characters. */
 export function requireIdempotencyKey(value: string, field = "idempotency_key"): string {
-  const length = [...value].length;
+  // Counted in code points; a string of at most MAX_KEY_LENGTH UTF-16 units has no more than that, so only longer ones need the count.
+  const length = value.length <= MAX_KEY_LENGTH ? value.length : [...value].length;
   if (length === 0) fail("INVALID_IDEMPOTENCY_KEY", field, "is required (1-128 characters, unique per request)");
   if (length > MAX_KEY_LENGTH) fail("INVALID_IDEMPOTENCY_KEY", field, `must be at most ${MAX_KEY_LENGTH} characters, got ${length}`);
   if (CONTROL.test(value)) fail("INVALID_IDEMPOTENCY_KEY", field, "must not contain control characters");
