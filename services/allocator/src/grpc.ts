@@ -13,7 +13,6 @@ import { hasRole, type Principal } from "@coursemesh/shared/auth.ts";
 import type { Sql } from "@coursemesh/shared/db.ts";
 import { invalidArgument, permissionDenied } from "@coursemesh/shared/grpc/errors.ts";
 import { defineService, type CallContext } from "@coursemesh/shared/grpc/server.ts";
-import { trace } from "@opentelemetry/api";
 import { currentTraceparent } from "@coursemesh/shared/telemetry.ts";
 import type { ChangeFeed, RequestReader } from "./changes.ts";
 import { createCourse, getCourse, listCourses, updateCourse } from "./courses.ts";
@@ -201,9 +200,9 @@ export function enrollmentService(deps: EnrollmentServiceDeps) {
           traceparent: currentTraceparent() ?? null,
         };
         mayActFor(ctx.principal, input.studentId, input.priority);
-        trace.getActiveSpan()?.setAttribute("coursemesh.allocator.course_id", input.courseId);
+        ctx.span.setAttribute("coursemesh.allocator.course_id", input.courseId);
         const accepted = await deps.acceptor.accept(input);
-        trace.getActiveSpan()?.setAttribute("coursemesh.allocator.request_id", accepted.id);
+        ctx.span.setAttribute("coursemesh.allocator.request_id", accepted.id);
         const answer = request.wait ? await deps.waits.wait(accepted, answerBy(ctx, deps.maxWaitMs), ctx.signal) : accepted;
         return toEnrollment(answer);
       },
