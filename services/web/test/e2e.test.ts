@@ -13,6 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import puppeteer, { type Browser, type BrowserContext, type Page } from "puppeteer-core";
 import { EnrollmentServiceClient } from "@coursemesh/proto/coursemesh/allocator/v1/allocator.ts";
+import { FetchMode, MonitorServiceClient } from "@coursemesh/proto/coursemesh/scraper/v1/scraper.ts";
 import { createClient, unary } from "@coursemesh/shared/grpc/client.ts";
 import { eventually } from "@coursemesh/shared/testing/eventually.ts";
 import { testToken } from "@coursemesh/shared/testing/harness.ts";
@@ -199,6 +200,49 @@ test("sign in, add a monitor, see a seat change live, pause and resume, read the
   expect(await text(other, "[data-live-status]")).toBe("Deleted elsewhere.");
   await context.close();
 }, 90_000);
+
+test("a monitor deleted while the page's live stream was not yet connected leaves the page when it connects", async () => {
+  const { context, page } = await signIn("hal", ["student"]);
+  const token = await testToken("hal", ["student"]);
+  const scraper = createClient(MonitorServiceClient, stack.services.scraper!.grpcAddress, { caller: "test" });
+  const create = (section: string) =>
+    unary(
+      scraper.createMonitor.bind(scraper),
+      {
+        url: `${registrar.url}/pages/hal`,
+        label: `CMPUT 301 ${section}`,
+        intervalSeconds: 3600,
+        notifyEmails: [],
+        extractor: { kind: { $case: "beartracks", value: { courseCode: "CMPUT 301", sectionLabel: section } } },
+        fetchMode: FetchMode.FETCH_MODE_BROWSER,
+        isolation: 0,
+      },
+      { token },
+    ).then((answer) => answer.monitor!.id);
+  try {
+    const [gone, kept] = [await create("LEC A1"), await create("LEC A2")];
+    // The page's live stream is held back until the monitor is gone.
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => (release = resolve));
+    await page.setRequestInterception(true);
+    page.on("request", (request) => {
+      if (new URL(request.url()).pathname === "/live/monitors") void held.then(() => request.continue());
+      else void request.continue();
+    });
+    await page.goto(`${stack.web.httpUrl}/monitors`);
+    expect(await page.$$eval("tr[data-monitor]", (rows) => rows.map((tr) => tr.getAttribute("data-monitor")).sort())).toEqual([gone, kept].sort());
+    await page.evaluate(() => (window.sameLoad = true));
+    await unary(scraper.deleteMonitor.bind(scraper), { id: gone }, { token });
+    release();
+    await page.waitForFunction((id: string) => !document.querySelector(`tr[data-monitor="${id}"]`), { timeout: WAIT_MS }, gone);
+    expect(await page.$$eval("tr[data-monitor]", (rows) => rows.map((tr) => tr.getAttribute("data-monitor")))).toEqual([kept]);
+    expect(await page.evaluate(() => window.sameLoad)).toBe(true);
+    expect(await text(page, "[data-live-status]")).toBe("Deleted elsewhere.");
+  } finally {
+    scraper.close();
+    await context.close();
+  }
+}, 60_000);
 
 test("upload a PDF by drag and drop: the bar reaches 100 and the outline appears", async () => {
   const { context, page } = await signIn("ulla", ["student"]);

@@ -11,6 +11,7 @@ import { html, type Html } from "../html.ts";
 import { areaPage } from "../layout.ts";
 import { wholeNumber } from "../numbers.ts";
 import { pollStream } from "../live.ts";
+import { allPages } from "../paging.ts";
 import { htmlResponse } from "../respond.ts";
 import { mayManageCourses, mayViewCourses } from "../roles.ts";
 import type { RouteDeps } from "../routes.ts";
@@ -78,18 +79,6 @@ ${
   </table>
   <p class="muted" data-empty${courses.length ? html` hidden` : ""}>No courses yet.</p>
 </section>`);
-}
-
-/** Every item of a paged list, up to `max` (the dashboard shows the first 500). */
-export async function allPages<T>(page: (pageToken: string) => Promise<{ items: T[]; next: string }>, max = 500): Promise<T[]> {
-  const items: T[] = [];
-  let pageToken = "";
-  do {
-    const answer = await page(pageToken);
-    items.push(...answer.items);
-    pageToken = answer.next;
-  } while (pageToken && items.length < max);
-  return items;
 }
 
 /** Every course the user may see (the allocator pages them; the dashboard shows the first 500). */

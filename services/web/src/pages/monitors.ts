@@ -23,6 +23,7 @@ import { areaPage } from "../layout.ts";
 import { wholeNumber } from "../numbers.ts";
 import { htmlResponse, wantsJson } from "../respond.ts";
 import { relayStreams } from "../live.ts";
+import { allPages } from "../paging.ts";
 import type { RouteDeps } from "../routes.ts";
 
 const FORM = "monitor";
@@ -35,6 +36,10 @@ const FIELD_MAP = {
   notify_emails: "notify_emails",
   label: "course_code",
 };
+/** Most monitor ids a "present" event lists; past it none is sent (an operator's whole fleet). */
+const MAX_PRESENT = 10_000;
+/** How long a monitors stream waits for the watch's first message before listing anyway. */
+const PRESENT_FALLBACK_MS = 1000;
 const ACTIONS = ["pause", "resume", "stop", "delete", "check"] as const;
 type Action = (typeof ACTIONS)[number];
 
@@ -288,8 +293,26 @@ export function monitorRoutes({ backends, live }: RouteDeps): Route[] {
       handler(ctx) {
         return live.open(ctx.principal.subject, (sink) => {
           const call: grpc.ClientReadableStream<WatchMonitorsResponse> = scraper.watchMonitors({ ids: [] }, bearer(ctx.token));
+          // The watch only reports deletions of monitors it has sent, so a monitor deleted before it
+          // started would keep its row: once the watch is listening (its first message, the initial
+          // states; or a second for a user with none), the monitors that exist are listed and sent as
+          // "present", and the page drops the rows it showed before this stream that are not among them.
+          let listed = false;
+          const present = () => {
+            if (listed || sink.signal.aborted) return;
+            listed = true;
+            clearTimeout(fallback);
+            void allPages(async (pageToken) => {
+              const page = await unary(scraper.listMonitors.bind(scraper), { mode: MonitorMode.MONITOR_MODE_UNSPECIFIED, pageSize: 1000, pageToken }, { token: ctx.token });
+              return { items: page.monitors.map((m) => m.id), next: page.nextPageToken };
+            }, MAX_PRESENT)
+              // A list cut short cannot tell what is gone.
+              .then((ids) => ids.length < MAX_PRESENT && sink.send("present", { kind: "monitor", ids }))
+              .catch(() => {});
+          };
+          const fallback = setTimeout(present, PRESENT_FALLBACK_MS);
           // WatchMonitors only ends when a replica stops: the browser reconnects.
-          return relayStreams(
+          const stop = relayStreams(
             sink,
             [call],
             ({ monitor, change, deletedMonitorId }) => {
@@ -304,6 +327,11 @@ export function monitorRoutes({ backends, live }: RouteDeps): Route[] {
             },
             { endIsFinal: false },
           );
+          call.once("data", present);
+          return () => {
+            clearTimeout(fallback);
+            stop();
+          };
         });
       },
     },

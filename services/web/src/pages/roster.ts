@@ -12,10 +12,11 @@ import { relativeTime } from "../format.ts";
 import { html, type Html } from "../html.ts";
 import { areaPage } from "../layout.ts";
 import { pollStream } from "../live.ts";
+import { allPages } from "../paging.ts";
 import { htmlResponse } from "../respond.ts";
 import { mayActForOthers, mayViewCourses } from "../roles.ts";
 import type { RouteDeps } from "../routes.ts";
-import { allPages, COURSE_POLL_MS } from "./courses.ts";
+import { COURSE_POLL_MS } from "./courses.ts";
 
 export interface Roster {
   course: Course;

@@ -61,10 +61,15 @@
     });
     return existing;
   }
+  // Each placement of an item (by a form or a live update) is numbered, so a stream's "present"
+  // set, listed after the stream was asked for, never takes off an item placed since then.
+  let placements = 0;
+  const placedAt = new Map();
   /** Puts a fragment in place of the element with its id, or first in its list; returns the element. */
   function place(markup) {
     let element = fragment(markup);
     if (!element) return null;
+    if (element.id) placedAt.set(element.id, ++placements);
     const existing = element.id && document.getElementById(element.id);
     if (existing) element = morph(existing, element);
     else {
@@ -181,6 +186,8 @@
   const streams = new Map();
   function listen(url, scope) {
     const source = new EventSource(url);
+    // Items placed after this are newer than any "present" set this connection sends.
+    let askedAt = placements;
     const onUpdate = function (event) {
       const data = JSON.parse(event.data);
       if (data.deleted) return removeItem(document.querySelector("[data-" + event.type + '="' + CSS.escape(data.id) + '"]'), "Deleted elsewhere.");
@@ -195,7 +202,19 @@
     source.addEventListener("failure", function (event) {
       announce(JSON.parse(event.data).message, scope);
     });
+    source.addEventListener("present", function (event) {
+      // The items that exist as the stream (re)connected: those shown from before then that are not
+      // among them were deleted while no stream could say so.
+      const data = JSON.parse(event.data);
+      const present = new Set(data.ids);
+      for (const element of Array.from(document.querySelectorAll("[data-" + data.kind + "]"))) {
+        if (present.has(element.getAttribute("data-" + data.kind)) || (placedAt.get(element.id) || 0) > askedAt) continue;
+        removeItem(element, "Deleted elsewhere.");
+      }
+    });
     source.onerror = function () {
+      // Reconnecting: the next connection's set is asked for from now on.
+      askedAt = placements;
       if (source.readyState === EventSource.CLOSED) announce("Live updates stopped; reload the page to resume.", scope);
     };
     return source;
