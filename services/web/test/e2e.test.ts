@@ -238,6 +238,32 @@ test("a monitor deleted while the page's live stream was not yet connected leave
     expect(await page.$$eval("tr[data-monitor]", (rows) => rows.map((tr) => tr.getAttribute("data-monitor")))).toEqual([kept]);
     expect(await page.evaluate(() => window.sameLoad)).toBe(true);
     expect(await text(page, "[data-live-status]")).toBe("Deleted elsewhere.");
+
+    // A set listed before this page added a monitor does not take that monitor off: another tab
+    // whose stream answers late with a set that has neither the deleted monitor nor the new one.
+    const late = await context.newPage();
+    let answer: () => void = () => {};
+    const answered = new Promise<void>((resolve) => (answer = resolve));
+    await late.setRequestInterception(true);
+    let streams = 0;
+    late.on("request", (request) => {
+      if (new URL(request.url()).pathname !== "/live/monitors") return void request.continue();
+      // The first connection gets the stale set; reconnections go to the dashboard.
+      if (streams++ > 0) return void request.continue();
+      void answered.then(() =>
+        request.respond({ status: 200, contentType: "text/event-stream", body: `retry: 60000\nevent: present\ndata: ${JSON.stringify({ kind: "monitor", ids: [] })}\n\n` }),
+      );
+    });
+    await late.goto(`${stack.web.httpUrl}/monitors`);
+    await late.type("#monitor-url", `${registrar.url}/pages/hal`);
+    await late.type("#monitor-course_code", "CMPUT 301");
+    await late.type("#monitor-section", "LEC B1");
+    await late.click("form[data-action=create] button[type=submit]");
+    await late.waitForFunction(() => document.querySelectorAll("tr[data-monitor]").length === 2, { timeout: WAIT_MS });
+    const added = await late.$eval("#monitor-rows tr:first-child", (tr) => tr.getAttribute("data-monitor")!);
+    answer();
+    await late.waitForFunction((id: string) => !document.querySelector(`tr[data-monitor="${id}"]`), { timeout: WAIT_MS }, kept);
+    expect(await late.$$eval("tr[data-monitor]", (rows) => rows.map((tr) => tr.getAttribute("data-monitor")))).toEqual([added]);
   } finally {
     scraper.close();
     await context.close();
