@@ -7,7 +7,7 @@ import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation, protoPath as healthProtoPath, type ServingStatus } from "grpc-health-check";
 import { authorize, type AccessRule, type Authenticator, type Principal } from "../auth.ts";
 import type { Logger } from "../logger.ts";
-import { grpcServerHandled, grpcServerHandlingSeconds } from "../metrics.ts";
+import { grpcServerHandledSeries, grpcServerHandlingSeconds } from "../metrics.ts";
 import { extractTraceContext, recordError, SpanKind, SpanStatusCode, withSpan, type Span } from "../telemetry.ts";
 import { toGrpcError, toServiceError } from "./errors.ts";
 
@@ -249,7 +249,7 @@ function wrapHandler(
   const handledByCode = new Map<grpc.status, { inc(): void }>();
   const handled = (code: grpc.status) => {
     let counter = handledByCode.get(code);
-    if (!counter) handledByCode.set(code, (counter = grpcServerHandled.labels({ ...labels, grpc_code: grpc.status[code] ?? String(code) })));
+    if (!counter) handledByCode.set(code, (counter = grpcServerHandledSeries({ ...labels, grpc_code: grpc.status[code] ?? String(code) })));
     return counter;
   };
 
