@@ -309,6 +309,22 @@ describe("a course's roster", () => {
     expect(again.status).toBeGreaterThanOrEqual(400);
     expect(parseHTML(await again.text()).document.querySelector("[role=alert]")?.textContent?.length).toBeGreaterThan(0);
   });
+
+  test("the course's live stream sends the roster once, and again only when it changes", async () => {
+    const response = await fetch(`${base}/live/courses/${courseId}`, { headers: { cookie: cookie(registrar), accept: "text/event-stream" } });
+    expect(response.status).toBe(200);
+    const reader = response.body!.getReader();
+    let text = "";
+    // Two polls' worth: the "s ago" texts age, the roster does not change.
+    const until = Date.now() + 4500;
+    while (Date.now() < until) {
+      const chunk = await Promise.race([reader.read(), Bun.sleep(until - Date.now()).then(() => undefined)]);
+      if (chunk?.value) text += new TextDecoder().decode(chunk.value);
+    }
+    await reader.cancel();
+    expect(text.match(/event: course\n/g)?.length).toBe(1);
+    expect(text).toContain('data-enrolled=\\"ben\\"');
+  }, 15_000);
 });
 
 test("live streams are bounded per user; the dashboard's own series are on /metrics", async () => {
