@@ -419,18 +419,27 @@ test("a registrar's course counts and a student's decision, waitlist position an
 
   // The course's page: gus waits first in line; when sam drops (from anywhere), gus gets the seat on the open page.
   const grpcClient = createClient(EnrollmentServiceClient, stack.services.allocator!.grpcAddress, { caller: "test" });
-  await unary(grpcClient.enroll.bind(grpcClient), { idempotencyKey: "gus", studentId: "gus", courseId, priority: 0, wait: true }, { token: await testToken("gus", ["student"]) });
+  for (const student of ["gus", "hal", "ian"]) {
+    await unary(grpcClient.enroll.bind(grpcClient), { idempotencyKey: student, studentId: student, courseId, priority: 0, wait: true }, { token: await testToken(student, ["student"]) });
+  }
   await Promise.all([courses.waitForNavigation(), courses.click(`#course-${courseId} a[data-course-link]`)]);
   expect(await courses.$$eval("[data-enrolled]", (rows) => rows.map((tr) => tr.getAttribute("data-enrolled")))).toEqual(["fay", "sam"]);
-  expect(await courses.$$eval("[data-waitlisted]", (rows) => rows.map((tr) => `${tr.querySelector("[data-position]").textContent} ${tr.getAttribute("data-waitlisted")}`))).toEqual(["1 gus"]);
+  expect(await courses.$$eval("[data-waitlisted]", (rows) => rows.map((tr) => `${tr.querySelector("[data-position]").textContent} ${tr.getAttribute("data-waitlisted")}`))).toEqual([
+    "1 gus",
+    "2 hal",
+    "3 ian",
+  ]);
   await courses.evaluate(() => (window.sameLoad = true));
+  // The keyboard focus is on ian's Drop button; the live update must leave it there, not on the first Drop.
+  await courses.focus('button[aria-label="Drop ian"]');
   await unary(grpcClient.drop.bind(grpcClient), { studentId: "sam", courseId, idempotencyKey: "sam-drops" }, { token: await testToken("sam", ["student"]) });
   grpcClient.close();
   await courses.waitForFunction(
-    () => [...document.querySelectorAll("[data-enrolled]")].map((tr: any) => tr.getAttribute("data-enrolled")).join() === "fay,gus" && document.querySelectorAll("[data-waitlisted]").length === 0,
+    () => [...document.querySelectorAll("[data-enrolled]")].map((tr: any) => tr.getAttribute("data-enrolled")).join() === "fay,gus" && document.querySelectorAll("[data-waitlisted]").length === 2,
     { timeout: WAIT_MS },
   );
   expect(await courses.evaluate(() => window.sameLoad)).toBe(true);
+  expect(await courses.evaluate(() => document.activeElement?.getAttribute("aria-label"))).toBe("Drop ian");
   expect(await text(courses, "[data-seats-taken]")).toBe("2");
   await shot(courses, "course");
   await registrarSession.context.close();

@@ -35,11 +35,18 @@
     if (element.matches("[data-job]")) return document.getElementById("job-list");
     return null;
   }
-  /** Replaces `existing` with `fresh`, keeping the focus on the same form's button. */
+  /**
+   * Replaces `existing` with `fresh`, keeping the focus on the same form's button: matched by the
+   * form's action and the button's label, since several forms may share one action (Drop per student).
+   */
   function swap(existing, fresh) {
-    const focusedForm = existing.contains(document.activeElement) ? document.activeElement.closest("form") : null;
+    const focused = existing.contains(document.activeElement) ? document.activeElement : null;
+    const focusedForm = focused && focused.closest("form");
     existing.replaceWith(fresh);
-    const again = focusedForm && fresh.querySelector('form[action="' + focusedForm.getAttribute("action") + '"] button');
+    if (!focusedForm) return fresh;
+    const inForm = 'form[action="' + CSS.escape(focusedForm.getAttribute("action")) + '"] button';
+    const label = focused.getAttribute("aria-label");
+    const again = (label && fresh.querySelector(inForm + '[aria-label="' + CSS.escape(label) + '"]')) || fresh.querySelector(inForm);
     if (again) again.focus();
     return fresh;
   }
