@@ -315,6 +315,19 @@ export const CONFIG_REGISTRY = {
     default: fixed("72"),
     parse: parsers.int(1, 24 * 90),
   }),
+  NOTIFIER_HISTORY_RETENTION_DAYS: defineVar({
+    description:
+      "Days a finished notification (SENT, FAILED, COALESCED, SUPPRESSED) stays in the history before it is deleted; never less than the redelivery, coalescing and rate-cap windows (a shorter value is raised to them, with a warning).",
+    readers: ["notifier"],
+    default: fixed("90"),
+    parse: parsers.int(1, 3650),
+  }),
+  NOTIFIER_HISTORY_PRUNE_INTERVAL_SECONDS: defineVar({
+    description: "How often each notifier replica deletes history older than NOTIFIER_HISTORY_RETENTION_DAYS (in batches of 1,000 rows).",
+    readers: ["notifier"],
+    default: fixed("3600"),
+    parse: parsers.int(1, 86_400),
+  }),
   NOTIFIER_ALLOW_PRIVATE_HOSTS: defineVar({
     description: "Let webhooks go to private, loopback and link-local addresses (tests and lab networks only; never in production).",
     readers: ["notifier"],

@@ -68,6 +68,15 @@ describe("configuration registry", () => {
     expect(() => loadConfig("ingest", { ...base, NATS_PREFIX: "Bad.Prefix" })).toThrow(/NATS_PREFIX/);
   });
 
+  test("the notifier's history retention is whole days from 1 to 3650, 90 by default", () => {
+    expect(loadConfig("notifier", base).NOTIFIER_HISTORY_RETENTION_DAYS).toBe(90);
+    expect(loadConfig("notifier", { ...base, NOTIFIER_HISTORY_RETENTION_DAYS: "365" }).NOTIFIER_HISTORY_RETENTION_DAYS).toBe(365);
+    expect(() => loadConfig("notifier", { ...base, NOTIFIER_HISTORY_RETENTION_DAYS: "0" })).toThrow(/NOTIFIER_HISTORY_RETENTION_DAYS must be between 1 and 3650, got 0/);
+    expect(() => loadConfig("notifier", { ...base, NOTIFIER_HISTORY_RETENTION_DAYS: "90d" })).toThrow(/NOTIFIER_HISTORY_RETENTION_DAYS must be a whole number, got "90d"/);
+    expect(() => loadConfig("notifier", { ...base, NOTIFIER_HISTORY_PRUNE_INTERVAL_SECONDS: "0" })).toThrow(/NOTIFIER_HISTORY_PRUNE_INTERVAL_SECONDS must be between 1 and 86400/);
+    expect(readsVariable("allocator", "NOTIFIER_HISTORY_RETENTION_DAYS")).toBe(false);
+  });
+
   test("the registry is exportable: every entry says who reads it and what it is for", () => {
     for (const [name, spec] of Object.entries(CONFIG_REGISTRY)) {
       expect(name).toMatch(/^[A-Z][A-Z0-9_]*$/);
