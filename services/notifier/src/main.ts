@@ -8,6 +8,7 @@ import { fanOut } from "./fanout.ts";
 import { notificationService, toNotification } from "./grpc.ts";
 import { linkRoutes } from "./links.ts";
 import type { ChannelName } from "./recipients.ts";
+import { effectiveRetentionDays, minimumRetentionDays, startPruner } from "./retention.ts";
 import { startSender } from "./sender.ts";
 import { createSmtpTransport } from "./smtp.ts";
 
@@ -75,6 +76,20 @@ await runService({
     });
 
     const fanOutSettings = { publicUrl, coalesceMs: required(config, "NOTIFIER_COALESCE_SECONDS") * 1000 };
+    const configuredRetention = required(config, "NOTIFIER_HISTORY_RETENTION_DAYS");
+    const retention = effectiveRetentionDays(configuredRetention, minimumRetentionDays(CONSUMED.map((c) => c.stream), fanOutSettings.coalesceMs));
+    if (retention.raised) {
+      logger.warn(
+        { configured: configuredRetention, retentionDays: retention.days },
+        `NOTIFIER_HISTORY_RETENTION_DAYS=${configuredRetention} is shorter than the windows recent history is read for (event redelivery, coalescing, the rate cap); keeping ${retention.days} days`,
+      );
+    }
+    const pruner = startPruner({
+      sql,
+      logger,
+      retentionDays: retention.days,
+      intervalMs: required(config, "NOTIFIER_HISTORY_PRUNE_INTERVAL_SECONDS") * 1000,
+    });
     const consumers: RunningConsumer[] = [];
     for (const { stream, durable, skipStaleVersions } of CONSUMED) {
       consumers.push(
@@ -108,6 +123,7 @@ await runService({
       await Promise.all(consumers.map((c) => c.stop()));
     });
     shutdown.on("finish-in-flight", "sender", () => sender.stop());
+    shutdown.on("finish-in-flight", "retention", () => pruner.stop());
     shutdown.on("drain-nats", "relay", () => relay.stop());
     shutdown.on("close-db", "smtp", () => email.close());
 

@@ -62,7 +62,8 @@ export interface Sender {
   stop(): Promise<void>;
 }
 
-const HOUR_MS = 60 * 60 * 1000;
+/** The per-recipient rate cap counts sends within this window. */
+export const RATE_WINDOW_MS = 60 * 60 * 1000;
 
 const notificationsTotal = new Counter({
   name: "notifier_notifications_total",
@@ -194,7 +195,7 @@ export function startSender(deps: SenderDeps): Sender {
     // under the recipients' locks.
     const [, sentRecently, secrets] = await Promise.all([
       store.lockRecipients(tx, recipients),
-      store.sentCountsSince(tx, recipients, new Date(now.getTime() - HOUR_MS)),
+      store.sentCountsSince(tx, recipients, new Date(now.getTime() - RATE_WINDOW_MS)),
       store.webhookSecrets(tx, rows.filter((r) => r.channel === "WEBHOOK" && r.subscription_id).map((r) => r.subscription_id!)),
     ]);
     const outcomes: AttemptOutcome[] = [];
@@ -304,11 +305,11 @@ export function startSender(deps: SenderDeps): Sender {
     } else {
       recipient = await normalizeWebhookUrl(input.address, settings.guard);
     }
-    const since = new Date(Date.now() - HOUR_MS);
+    const since = new Date(Date.now() - RATE_WINDOW_MS);
     const sent = (await store.sentCountsSince(sql, [recipient], since)).get(recipient) ?? 0;
     if (sent >= capFor(input.channel)) {
       const oldest = await store.oldestSentSince(sql, recipient, since);
-      const retryDelay = oldest ? Math.max(1000, oldest.getTime() + HOUR_MS - Date.now()) : HOUR_MS;
+      const retryDelay = oldest ? Math.max(1000, oldest.getTime() + RATE_WINDOW_MS - Date.now()) : RATE_WINDOW_MS;
       throw resourceExhausted("RATE_LIMITED", `${recipient} already got ${sent} notifications in the last hour (the cap is ${capFor(input.channel)}); try later`, {
         retryDelayMs: retryDelay,
       });

@@ -393,6 +393,25 @@ export async function getDelivery(db: Db, id: string): Promise<DeliveryRow | und
   return row;
 }
 
+/**
+ * Deletes up to `limit` finished notifications (any status but PENDING) finished before `before`,
+ * oldest first; returns the status of each deleted row. Rows another transaction holds are skipped,
+ * so replicas pruning at once split the work instead of waiting on each other.
+ */
+export async function deleteFinishedBefore(db: Db, before: Date, limit: number): Promise<DeliveryStatusName[]> {
+  const rows = await db<{ status: DeliveryStatusName }[]>`
+    with doomed as (
+      select id from deliveries
+      where status <> 'PENDING' and coalesce(sent_at, created_at) < ${before}
+      order by coalesce(sent_at, created_at)
+      limit ${limit}
+      for update skip locked
+    )
+    delete from deliveries d using doomed where d.id = doomed.id
+    returning d.status`;
+  return rows.map((r) => r.status);
+}
+
 export interface DeliveryQuery {
   owner?: string;
   monitorId?: string;

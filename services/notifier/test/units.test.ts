@@ -6,6 +6,7 @@ import { Webhook } from "standardwebhooks";
 import { eventTypeOf, recipientsOf } from "../src/fanout.ts";
 import { renderEventMessage, seatHeadline } from "../src/messages.ts";
 import { normalizeEmail, normalizeWebhookUrl, validateTarget } from "../src/recipients.ts";
+import { effectiveRetentionDays, minimumRetentionDays } from "../src/retention.ts";
 import { retryDelayMs } from "../src/sender.ts";
 import { classifySmtpError, composeEmail, fromHeaderOf, mailDomain } from "../src/smtp.ts";
 import type { SubscriptionRow } from "../src/store.ts";
@@ -159,5 +160,21 @@ describe("email composition", () => {
     expect(composeEmail({ to: "élève@example.edu", message, messageId: "<1@x>" }, header)).toBeUndefined();
     expect(composeEmail({ to: "a@example.edu", message, messageId: "<1 2@x>" }, header)).toBeUndefined();
     expect(composeEmail({ to: "a@example.edu", message, messageId: "<1@x>" }, header)).toBeInstanceOf(Buffer);
+  });
+});
+
+describe("history retention", () => {
+  test("is longer than the longest redelivery window of the consumed streams, the coalescing window and the rate-cap hour", () => {
+    // ENROLLMENT and INGEST keep events 14 days; SEATS 7.
+    expect(minimumRetentionDays(["SEATS", "ENROLLMENT", "INGEST"], 60_000)).toBe(15);
+    expect(minimumRetentionDays(["SEATS"], 60_000)).toBe(8);
+    expect(minimumRetentionDays([], 0)).toBe(1);
+    expect(minimumRetentionDays([], 86_400_000)).toBe(2);
+  });
+
+  test("a configured retention shorter than the minimum is raised to it, and says so", () => {
+    expect(effectiveRetentionDays(90, 15)).toEqual({ days: 90, raised: false });
+    expect(effectiveRetentionDays(15, 15)).toEqual({ days: 15, raised: false });
+    expect(effectiveRetentionDays(3, 15)).toEqual({ days: 15, raised: true });
   });
 });
