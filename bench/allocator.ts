@@ -32,6 +32,7 @@ import {
 } from "@coursemesh/shared/testing/harness.ts";
 import { connectH2Unary } from "./h2-unary.ts";
 import { processCpuSeconds } from "./proc-cpu.ts";
+import { percentile, round } from "./stats.ts";
 import { decidedEvent } from "../services/allocator/src/events.ts";
 import { checkInvariants, waitUntilAllDecided } from "../services/allocator/src/invariants.ts";
 import type { DecidedStatus } from "../services/allocator/src/store.ts";
@@ -55,15 +56,8 @@ const CHANNELS = 4;
 
 type Api = { enroll(request: Partial<EnrollRequest>): Promise<void>; createCourse(code: string, capacity: number): Promise<string>; close(): void };
 
-function round(value: number, digits = 1): number {
-  const f = 10 ** digits;
-  return Math.round(value * f) / f;
-}
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!;
-}
+/** p50 and p99 of ascending latencies, in ms to two decimals. */
+const latencyMs = (sorted: number[]) => ({ p50: round(percentile(sorted, 50), 2), p99: round(percentile(sorted, 99), 2) });
 
 const ENROLL_PATH = "/coursemesh.allocator.v1.EnrollmentService/Enroll";
 
@@ -353,14 +347,14 @@ async function main() {
         capacity: CAPACITY,
         accepted_per_s: round(SIZES.stampede / stampede.seconds, 0),
         decided_per_s: round(stampedeDecisions.decidedPerSecond, 0),
-        accept_latency_ms: { p50: round(percentile(stampede.latencies, 50), 2), p99: round(percentile(stampede.latencies, 99), 2) },
+        accept_latency_ms: latencyMs(stampede.latencies),
         accept_to_decision_ms: { p50: round(stampedeDecisions.p50, 2), p99: round(stampedeDecisions.p99, 2) },
         cpu_us_per_request_incl_decision_and_publish: stampedeCpu,
       },
       a_steady_2000_per_s: {
         offered_per_s: SIZES.steadyRate,
         requests: steady.sent,
-        accept_latency_ms: { p50: round(percentile(steady.latencies, 50), 2), p99: round(percentile(steady.latencies, 99), 2) },
+        accept_latency_ms: latencyMs(steady.latencies),
         accept_to_decision_ms: { p50: round(steadyDecisions.p50, 2), p99: round(steadyDecisions.p99, 2) },
         cpu_us_per_request_incl_decision_and_publish: steadyCpu,
       },
@@ -376,7 +370,7 @@ async function main() {
         requests: SIZES.spread,
         accepted_per_s: round(SIZES.spread / spread.seconds, 0),
         decided_per_s: round(spreadDecisions.decidedPerSecond, 0),
-        accept_latency_ms: { p50: round(percentile(spread.latencies, 50), 2), p99: round(percentile(spread.latencies, 99), 2) },
+        accept_latency_ms: latencyMs(spread.latencies),
         accept_to_decision_ms: { p50: round(spreadDecisions.p50, 2), p99: round(spreadDecisions.p99, 2) },
         cpu_us_per_request_incl_decision_and_publish: spreadCpu,
       },

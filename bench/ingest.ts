@@ -19,6 +19,7 @@ import { buildOutline } from "../services/ingest/src/outline.ts";
 import { openPdf, type PageText } from "../services/ingest/src/pdf-text.ts";
 import { call, createWorld, getJob, ingestClient, tokenFor, upload, waitForJob, type IngestWorld } from "../services/ingest/test/helpers.ts";
 import { longCoursePdf, REAL_WORLD_PDF } from "../services/ingest/test/pdfs.ts";
+import { percentile, round } from "./stats.ts";
 
 const TARGETS = { reply_p99_ms: 50, pages_per_s: 200 };
 const UPLOAD_BYTES = 1024 * 1024;
@@ -31,12 +32,10 @@ const LOAD_JOBS = 3;
 const BATCH = 6;
 const ROUNDS = 2;
 
-const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
-const percentile = (values: number[], p: number) => {
+const summary = (values: number[]) => {
   const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
+  return { p50: round(percentile(sorted, 50)), p99: round(percentile(sorted, 99)), max: round(Math.max(...values)), samples: values.length };
 };
-const summary = (values: number[]) => ({ p50: round(percentile(values, 50)), p99: round(percentile(values, 99)), max: round(Math.max(...values)), samples: values.length });
 
 /** A valid PDF padded to `size` bytes, different for every `n` (a comment after %%EOF). */
 function sizedPdf(base: Uint8Array, size: number, n: number): Uint8Array {

@@ -26,6 +26,7 @@ import { notifierClient, startSmtp, type TestSmtp } from "../services/notifier/t
 import { unary } from "../services/shared/src/grpc/client.ts";
 import { deleteStreams, provisionStreams, publishEvent, streamName, prefixedSubject } from "../services/shared/src/events/index.ts";
 import { createTestDatabase, startServiceProcess, TEST_NATS_URL, testNatsPrefix, testToken } from "../services/shared/src/testing/harness.ts";
+import { percentile, round } from "./stats.ts";
 
 const TARGETS = { emails_per_s: 1000, ratio_to_baseline: 5, p99_ms_at_200_per_s: 250 };
 const STUDENTS = 2000;
@@ -37,8 +38,6 @@ const LATENCY_SECONDS = 10;
 const BASELINE_MAX_EVENTS = 400;
 const BASELINE_MAX_MS = 10_000;
 
-const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
-const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
 const studentId = (n: number) => `student-${String(n % STUDENTS).padStart(5, "0")}`;
 const emailOf = (student: string) => `${student}@example.edu`;
 const courseId = (n: number) => `0190a1b2-c3d4-7e5f-8a9b-${String(n % COURSES).padStart(12, "0")}`;

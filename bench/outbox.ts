@@ -20,6 +20,7 @@ import { createSql, migrate, PLATFORM_MIGRATIONS } from "../services/shared/src/
 import { deleteStreams, enqueueMany, eventHeaders, provisionStreams, startRelay, streamName, type OutboxEvent } from "../services/shared/src/events/index.ts";
 import { createLogger } from "../services/shared/src/logger.ts";
 import { createTestDatabase, TEST_NATS_URL, testNatsPrefix } from "../services/shared/src/testing/harness.ts";
+import { percentile, round } from "./stats.ts";
 
 const TARGETS = { events_per_s: 10_000, ratio_to_baseline: 0.3, lag_p99_ms: 500 };
 const BASELINE_EVENTS = 30_000;
@@ -55,12 +56,6 @@ function seatsChanged(n: number): OutboxEvent {
   };
 }
 
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
-
-const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
 
 const db = await createTestDatabase();
 const prefix = testNatsPrefix();

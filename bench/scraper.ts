@@ -29,6 +29,7 @@ import { deleteStreams } from "../services/shared/src/events/index.ts";
 import { unary } from "../services/shared/src/grpc/client.ts";
 import { createLogger } from "../services/shared/src/logger.ts";
 import { createTestDatabase, startServiceProcess, TEST_NATS_URL, testNatsPrefix, testToken, type ServiceProcess } from "../services/shared/src/testing/harness.ts";
+import { round } from "./stats.ts";
 
 const TARGETS = { browser_checks_per_s: 10, browser_ratio_to_baseline: 3, http_checks_per_s: 300, memory_per_idle_monitor_mib: 1, change_latency_extra_s: 2 };
 const RENDER_DELAY_MS = Number(process.env.BENCH_RENDER_DELAY_MS ?? 400);
@@ -43,7 +44,6 @@ const TRACKER_WAIT_MS = 1500;
 const LATENCY_INTERVAL_S = 2;
 const LATENCY_SAMPLES = 5;
 
-const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
 const aliases = (count: number, from = 2) => Array.from({ length: count }, (_, i) => `127.0.${Math.floor((from + i) / 256)}.${(from + i) % 256}`);
 
 /** PSS (KiB) of a process and all its descendants, from /proc/<pid>/smaps_rollup. */
