@@ -8,18 +8,22 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as grpc from "@grpc/grpc-js";
-import { jetstreamManager } from "@nats-io/jetstream";
-import { Objm } from "@nats-io/obj";
-import { connect } from "@nats-io/transport-node";
 import { CreateCourseRequest, EnrollmentServiceClient, EnrollmentStatus, EnrollRequest } from "@coursemesh/proto/coursemesh/allocator/v1/allocator";
 import { IngestServiceClient, JobStatus, type Job, type UploadDocumentResponse } from "@coursemesh/proto/coursemesh/ingest/v1/ingest";
 import { Channel, NotificationServiceClient, SubscribeRequest } from "@coursemesh/proto/coursemesh/notifier/v1/notifier";
 import { CreateMonitorRequest, FetchMode, MonitorServiceClient } from "@coursemesh/proto/coursemesh/scraper/v1/scraper";
-import { deleteStreams } from "../services/shared/src/events/index.ts";
 import { unary } from "../services/shared/src/grpc/client.ts";
-import { createTestDatabase, startServiceProcess, TEST_NATS_URL, testNatsPrefix, testToken, type ServiceProcess, type TestDatabase } from "../services/shared/src/testing/harness.ts";
+import {
+  createTestDatabase,
+  removeNatsPrefix,
+  startServiceProcess,
+  stopOrKill,
+  testNatsPrefix,
+  testToken,
+  type ServiceProcess,
+  type TestDatabase,
+} from "../services/shared/src/testing/harness.ts";
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from "../services/shared/src/testing/otlp.ts";
-import { documentsBucket } from "../services/ingest/src/document-store.ts";
 import { coursePdf } from "../services/ingest/test/pdfs.ts";
 import { startSmtp, type TestSmtp } from "../services/notifier/test/helpers.ts";
 import { startRegistrar, type Registrar } from "../services/scraper/src/demo/registrar.ts";
@@ -82,14 +86,8 @@ beforeAll(async () => {
 afterAll(async () => {
   // TRACES_DUMP=<file> keeps every span received, to read a failing tree at leisure.
   if (process.env.TRACES_DUMP) await Bun.write(process.env.TRACES_DUMP, JSON.stringify(otlp?.spans() ?? []));
-  await Promise.all(Object.values(services).map((service) => Promise.race([service.stop(), Bun.sleep(15_000).then(() => service.kill())])));
-  const nats = await connect({ servers: TEST_NATS_URL });
-  await deleteStreams(await jetstreamManager(nats), prefix).catch(() => {});
-  await new Objm(nats)
-    .open(documentsBucket(prefix))
-    .then((store) => store.destroy())
-    .catch(() => {});
-  await nats.close();
+  await Promise.all(Object.values(services).map((service) => stopOrKill(service)));
+  await removeNatsPrefix(prefix);
   await registrar?.stop();
   await smtp?.close();
   await otlp?.stop();

@@ -8,21 +8,16 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { jetstreamManager } from "@nats-io/jetstream";
-import { Objm } from "@nats-io/obj";
-import { connect } from "@nats-io/transport-node";
 import { parser } from "@prometheus-io/lezer-promql";
-import { deleteStreams } from "../../services/shared/src/events/index.ts";
 import { PROCESS_NAMES, SERVICE_PORTS } from "../../services/shared/src/config.ts";
 import {
   createTestDatabase,
+  removeNatsPrefix,
   startServiceProcess,
   testNatsPrefix,
-  TEST_NATS_URL,
   type ServiceProcess,
   type TestDatabase,
 } from "../../services/shared/src/testing/harness.ts";
-import { documentsBucket } from "../../services/ingest/src/document-store.ts";
 import { containerEnv, readYaml, render, REPO_ROOT, workloads, type K8sObject } from "./support.ts";
 
 interface Datasource {
@@ -131,13 +126,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all(running.map((service) => service.stop()));
-  const nats = await connect({ servers: TEST_NATS_URL });
-  await deleteStreams(await jetstreamManager(nats), natsPrefix).catch(() => {});
-  await new Objm(nats)
-    .open(documentsBucket(natsPrefix))
-    .then((store) => store.destroy())
-    .catch(() => {});
-  await nats.close();
+  await removeNatsPrefix(natsPrefix);
   await database?.drop();
 }, 60_000);
 

@@ -9,7 +9,7 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { MonitorServiceClient, type WatchMonitorsResponse } from "@coursemesh/proto/coursemesh/scraper/v1/scraper";
 import { deleteStreams } from "@coursemesh/shared/events/index.ts";
 import { bearer, unary } from "@coursemesh/shared/grpc/client.ts";
-import { createTestDatabase, startServiceProcess, TEST_NATS_URL, testNatsPrefix, type ServiceProcess, type TestDatabase } from "@coursemesh/shared/testing/harness.ts";
+import { createTestDatabase, startServiceProcess, stopOrKill, TEST_NATS_URL, testNatsPrefix, type ServiceProcess, type TestDatabase } from "@coursemesh/shared/testing/harness.ts";
 import { startRegistrar, type Registrar, type RegistrarOptions } from "../src/demo/registrar.ts";
 import { eventually } from "@coursemesh/shared/testing/eventually.ts";
 export { eventually };
@@ -94,7 +94,7 @@ export async function scraperEnv(options: { env?: Record<string, string>; regist
     },
     async close() {
       // A graceful stop closes Chromium and removes its temporary profile.
-      await Promise.all(processes.filter((p) => p.process.exitCode === null).map((p) => Promise.race([p.stop(), Bun.sleep(15_000).then(() => p.kill())])));
+      await Promise.all(processes.filter((p) => p.process.exitCode === null).map((p) => stopOrKill(p)));
       sub.unsubscribe();
       await deleteStreams(await jetstreamManager(nats), prefix).catch(() => {});
       await nats.close();

@@ -2,12 +2,15 @@
  * The services the dashboard's tests run against: real processes on loopback with their own
  * database and NATS prefix, and the web dashboard pointed at them.
  */
-import { jetstreamManager } from "@nats-io/jetstream";
-import { Objm } from "@nats-io/obj";
-import { connect } from "@nats-io/transport-node";
-import { deleteStreams } from "@coursemesh/shared/events/index.ts";
-import { createTestDatabase, startServiceProcess, TEST_NATS_URL, testNatsPrefix, type ServiceProcess, type TestDatabase } from "@coursemesh/shared/testing/harness.ts";
-import { documentsBucket } from "../../ingest/src/document-store.ts";
+import {
+  createTestDatabase,
+  removeNatsPrefix,
+  startServiceProcess,
+  stopOrKill,
+  testNatsPrefix,
+  type ServiceProcess,
+  type TestDatabase,
+} from "@coursemesh/shared/testing/harness.ts";
 
 export const WEB_SESSION_SECRET = "web-test-session-secret-0123456789abcdef";
 /** An address nothing listens on: a backend a test does not start. */
@@ -38,14 +41,8 @@ export async function startStack(options: StackOptions): Promise<Stack> {
       services[service] = process;
     });
   const stopAll = async () => {
-    await Promise.all(Object.values(services).map((s) => Promise.race([s.stop(), Bun.sleep(15_000).then(() => s.kill())])));
-    const nats = await connect({ servers: TEST_NATS_URL });
-    await deleteStreams(await jetstreamManager(nats), prefix).catch(() => {});
-    await new Objm(nats)
-      .open(documentsBucket(prefix))
-      .then((store) => store.destroy())
-      .catch(() => {});
-    await nats.close();
+    await Promise.all(Object.values(services).map((service) => stopOrKill(service)));
+    await removeNatsPrefix(prefix);
     await database.drop();
   };
   try {
@@ -79,7 +76,7 @@ export async function startStack(options: StackOptions): Promise<Stack> {
       web,
       services,
       async stop() {
-        await Promise.race([web.stop(), Bun.sleep(15_000).then(() => web.kill())]);
+        await stopOrKill(web);
         await stopAll();
       },
     };

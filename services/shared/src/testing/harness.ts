@@ -3,6 +3,8 @@
  * and in parallel; service processes are started and stopped from tests.
  */
 import { randomBytes } from "node:crypto";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
 import type { Subprocess } from "bun";
 import postgres from "postgres";
 import { mintToken, type Role } from "../auth.ts";
@@ -58,6 +60,23 @@ export function testNatsPrefix(): string {
   return uniqueId("t");
 }
 
+/**
+ * Deletes every JetStream stream a test prefix made: the event streams (`<PREFIX>_…`) and the
+ * object-store buckets (`OBJ_<prefix>_…`), whichever services made them.
+ */
+export async function removeNatsPrefix(prefix: string): Promise<void> {
+  const owned = [`${prefix.toUpperCase()}_`, `OBJ_${prefix}_`];
+  const nats = await connect({ servers: TEST_NATS_URL });
+  try {
+    const jsm = await jetstreamManager(nats);
+    for await (const info of jsm.streams.list()) {
+      if (owned.some((start) => info.config.name.startsWith(start))) await jsm.streams.delete(info.config.name).catch(() => {});
+    }
+  } finally {
+    await nats.close();
+  }
+}
+
 /** Mints a token the test services accept. */
 export function testToken(subject: string, roles: Role[], email?: string): Promise<string> {
   return mintToken({ subject, roles, email, secret: TEST_JWT_SECRET, expiresIn: "1h" });
@@ -75,6 +94,11 @@ export interface ServiceProcess {
   stop(): Promise<number>;
   /** SIGKILL, no goodbye. */
   kill(): Promise<void>;
+}
+
+/** SIGTERM, and SIGKILL if the process has not exited within `graceMs`. */
+export function stopOrKill(service: ServiceProcess, graceMs = 15_000): Promise<unknown> {
+  return Promise.race([service.stop(), Bun.sleep(graceMs).then(() => service.kill())]);
 }
 
 export interface StartServiceOptions {
